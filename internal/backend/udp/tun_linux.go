@@ -1,0 +1,127 @@
+package udp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// inNS runs fn on an OS thread inside ns (the current namespace if ns is
+// not open). The thread switches back before it is unlocked; if switching
+// back fails the thread stays locked, so the Go runtime retires it instead
+// of reusing a thread in the wrong namespace.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	if !ns.IsOpen() {
+		return fn()
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("current network namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter host network namespace: %w", err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: it dies with this goroutine.
+		return errors.Join(ferr, fmt.Errorf("return to original network namespace: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// tunDevice is the attached TUN device.
+type tunDevice struct {
+	tun.Device
+	name string
+}
+
+// openTUN creates the persistent TUN device name inside ns, or attaches to
+// it if it exists, with the virtio-net header (wireguard-go then turns on
+// TSO and USO). The device outlives the returned handle: closing it only
+// detaches.
+func openTUN(ns netns.NsHandle, name string, mtu int) (*tunDevice, error) {
+	var dev tun.Device
+	err := inNS(ns, func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open /dev/net/tun: %w", err)
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("TUN device name %q: %w", name, err)
+		}
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(fd)
+			if errors.Is(err, unix.EBUSY) {
+				return fmt.Errorf("attach TUN device %s: another process holds it (is flanneld or another weftd running?): %w", name, err)
+			}
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("attach TUN device %s: a device of that name exists and is not a single-queue TUN device: %w", name, err)
+			}
+			return fmt.Errorf("attach TUN device %s: %w", name, err)
+		}
+		if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("make TUN device %s persistent: %w", name, err)
+		}
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("TUN device %s: %w", name, err)
+		}
+		// CreateTUNFromFile opens its netlink listener and sets the MTU
+		// here, inside the namespace.
+		dev, err = tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("TUN device %s: %w", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	d := &tunDevice{Device: dev, name: name}
+	// Events must be drained or the device's listeners block; the channel
+	// is closed by dev.Close.
+	go func() {
+		for range dev.Events() {
+		}
+	}()
+	return d, nil
+}
+
+// openBind opens the UDP socket(s) on port inside ns, with UDP GSO and GRO
+// where the kernel allows. It returns one receive function per address
+// family (IPv4 first when present).
+func openBind(ns netns.NsHandle, port uint16) (conn.Bind, []conn.ReceiveFunc, error) {
+	bind := conn.NewStdNetBind()
+	var fns []conn.ReceiveFunc
+	err := inNS(ns, func() error {
+		var err error
+		fns, _, err = bind.Open(port)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return bind, fns, nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

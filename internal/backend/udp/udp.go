@@ -1,0 +1,335 @@
+// Package udp is the udp backend: a userspace datapath that speaks flannel's
+// udp wire format. A TUN device (flannel0 by default) carries every packet
+// for the overlay network to weftd, which sends it in a UDP datagram (port
+// 8285 by default) to the peer whose subnet holds the destination; the
+// peer's weftd checks the datagram and writes the packet back through its
+// own TUN. The UDP payload is exactly the inner IPv4 packet, with no header
+// of its own, so a Weft host and a flannel host on the udp backend reach each
+// other's pods.
+//
+// Unlike flannel's, which moves one packet per system call, the packet path
+// here is batch-shaped end to end and uses the kernel's offloads through
+// wireguard-go's tun and conn packages: the TUN device has the virtio-net
+// header with TSO/USO so a read returns a whole TCP super-packet (split in
+// user space into MTU-sized packets), sends use UDP GSO, receives UDP GRO,
+// and writes into the TUN coalesce TCP segments again.
+//
+// # Forwarding, as a router would
+//
+// The kernels on both ends are the routers: the sending host's kernel
+// decrements the TTL when it forwards a pod's packet into the TUN device
+// (and answers TTL expiry with ICMP time-exceeded), and the receiving host's
+// kernel does the same when it forwards the packet from the TUN device to
+// the pod. The tunnel between them is a link, so weftd leaves the TTL alone,
+// exactly as flannel (and the kernel's own tunnels) do; a traceroute across
+// the overlay shows the two hosts and the pod. weftd drops packets with TTL 0,
+// which no router emits. A destination inside the overlay network that no
+// peer holds is answered with ICMP destination-unreachable (network
+// unreachable), following RFC 1812's rules on when not to answer and with a
+// rate limit.
+//
+// # Trust
+//
+// A datagram is accepted only if it comes from the PublicIP of a current
+// udp peer, holds a well-formed IPv4 packet (version, header length, total
+// length equal to the datagram's, header checksum, TTL), whose source lies
+// in that peer's subnet and whose destination lies in this host's subnet.
+// Everything else is dropped and counted ([Stats]). flannel injects whatever
+// arrives on its port.
+//
+// # Restarts
+//
+// The TUN device is persistent (TUNSETPERSIST): when weftd stops, the device,
+// its address and the overlay route stay, and the next weftd attaches to the
+// same device, so traffic stops only while no weftd is attached.
+package udp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vishvananda/netlink"
+	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/routes"
+	"golang.org/x/sys/unix"
+)
+
+// Type is the backend's name in Backend.Type. Its leases carry an empty
+// BackendType, as flannel's udp backend writes them; leases with "udp" are
+// accepted as well.
+const Type = "udp"
+
+// Defaults, as flannel's.
+const (
+	// DefaultPort is the UDP port datagrams are sent to and received on.
+	DefaultPort = 8285
+	// DefaultDevice is the TUN device's name.
+	DefaultDevice = "flannel0"
+	// Overhead is what the outer IPv4 and UDP headers add to each packet.
+	Overhead = 20 + 8
+)
+
+// Options are the backend's options in the network config's Backend
+// object.
+type Options struct {
+	// Port is the UDP port (default 8285).
+	Port int
+	// MTU is the TUN device's MTU (default: the underlay's MTU minus 28).
+	MTU int
+	// Device is the TUN device's name (default flannel0).
+	Device string
+}
+
+func parseOptions(raw json.RawMessage) (Options, error) {
+	var o Options
+	if err := backend.DecodeOptions(raw, &o); err != nil {
+		return o, err
+	}
+	if o.Port == 0 {
+		o.Port = DefaultPort
+	}
+	if o.Port < 1 || o.Port > 65535 {
+		return o, &config.FieldError{Field: "Backend.Port", Msg: fmt.Sprintf("%d is not a UDP port (1-65535)", o.Port)}
+	}
+	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535-Overhead) {
+		return o, &config.FieldError{Field: "Backend.MTU", Msg: fmt.Sprintf("%d is out of range (576-%d)", o.MTU, 65535-Overhead)}
+	}
+	if o.Device == "" {
+		o.Device = DefaultDevice
+	}
+	if err := checkIfName(o.Device); err != nil {
+		return o, &config.FieldError{Field: "Backend.Device", Msg: err.Error()}
+	}
+	return o, nil
+}
+
+func checkIfName(n string) error {
+	if len(n) >= unix.IFNAMSIZ {
+		return fmt.Errorf("%q is longer than %d bytes", n, unix.IFNAMSIZ-1)
+	}
+	if n == "." || n == ".." || strings.ContainsAny(n, "/: \t\n%") {
+		return fmt.Errorf("%q is not a valid interface name", n)
+	}
+	return nil
+}
+
+// Kind returns the udp backend's descriptor.
+func Kind() backend.Kind {
+	return backend.Kind{
+		Type: Type,
+		Validate: func(raw json.RawMessage) error {
+			_, err := parseOptions(raw)
+			return err
+		},
+		New: func(h backend.Host, raw json.RawMessage) (backend.Backend, error) {
+			return New(h, raw)
+		},
+	}
+}
+
+// Backend is the udp datapath of one host.
+type Backend struct {
+	host backend.Host
+	opts Options
+	mtu  int
+
+	// dev is the TUN device, set by Init.
+	dev *tunDevice
+	own lease.Lease
+
+	// tbl is the forwarding table the packet path reads; Reconcile swaps it.
+	tbl atomic.Pointer[table]
+	// stats counts what the packet path did.
+	stats counters
+
+	// done is closed when the packet path has stopped after Start's ctx
+	// ended; nil before Start.
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+// New builds the backend for h from the raw Backend object; it touches
+// nothing.
+func New(h backend.Host, raw json.RawMessage) (*Backend, error) {
+	o, err := parseOptions(raw)
+	if err != nil {
+		return nil, err
+	}
+	if h.Netlink == nil {
+		return nil, errors.New("udp: host has no netlink handle")
+	}
+	mtu := o.MTU
+	if mtu == 0 {
+		mtu = h.Iface.MTU - Overhead
+		if mtu < 576 {
+			return nil, fmt.Errorf("udp: underlay %s MTU %d leaves %d for pods, below 576; set Backend.MTU", h.Iface.Name, h.Iface.MTU, mtu)
+		}
+	}
+	if h.Log == nil {
+		return nil, errors.New("udp: host has no logger")
+	}
+	return &Backend{host: h, opts: o, mtu: mtu}, nil
+}
+
+// Init creates the persistent TUN device, or attaches to the one a previous
+// weftd left, sets its MTU and brings it up. The lease carries no backend
+// type or data, as flannel's udp leases.
+func (b *Backend) Init(ctx context.Context) (backend.Local, error) {
+	if b.dev == nil {
+		dev, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu)
+		if err != nil {
+			return backend.Local{}, fmt.Errorf("udp: %w", err)
+		}
+		b.dev = dev
+	}
+	if err := b.ensureLink(); err != nil {
+		return backend.Local{}, fmt.Errorf("udp: %w", err)
+	}
+	return backend.Local{Type: "", MTU: b.mtu}, nil
+}
+
+// ensureLink sets the TUN device's MTU and brings it up.
+func (b *Backend) ensureLink() error {
+	link, err := b.host.Netlink.LinkByName(b.opts.Device)
+	if err != nil {
+		return fmt.Errorf("find TUN device %s: %w", b.opts.Device, err)
+	}
+	if link.Attrs().MTU != b.mtu {
+		if err := b.host.Netlink.LinkSetMTU(link, b.mtu); err != nil {
+			return fmt.Errorf("set MTU %d on %s: %w", b.mtu, b.opts.Device, err)
+		}
+	}
+	if link.Attrs().Flags&unix.IFF_UP == 0 {
+		if err := b.host.Netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("bring %s up: %w", b.opts.Device, err)
+		}
+	}
+	return nil
+}
+
+// Start gives the TUN device this host's address (the first address of its
+// subnet, /32), routes the whole overlay network through it, opens the UDP
+// socket and starts the packet path, which runs until ctx is done.
+func (b *Backend) Start(ctx context.Context, own lease.Lease) error {
+	if b.dev == nil {
+		return errors.New("udp: Start before Init")
+	}
+	if b.done != nil {
+		return errors.New("udp: started twice")
+	}
+	if !own.Subnet.Addr().Is4() {
+		return fmt.Errorf("udp: own subnet %s is not IPv4", own.Subnet)
+	}
+	b.own = own
+	if err := b.ensureAddr(); err != nil {
+		return fmt.Errorf("udp: %w", err)
+	}
+	if err := b.ensureRoute(); err != nil {
+		return fmt.Errorf("udp: %w", err)
+	}
+	// An empty table until the first Reconcile: everything to the overlay
+	// is unreachable, nothing is accepted.
+	t, _ := buildTable(b.host.Network.Network, own.Subnet, b.host.PublicIP, uint16(b.opts.Port), nil)
+	b.tbl.Store(t)
+	bind, recvs, err := openBind(b.host.NetNS, uint16(b.opts.Port))
+	if err != nil {
+		return fmt.Errorf("udp: open UDP port %d: %w", b.opts.Port, err)
+	}
+	b.done = make(chan struct{})
+	b.run(ctx, bind, recvs)
+	b.host.Log.Info("udp datapath started", "device", b.opts.Device, "mtu", b.mtu, "port", b.opts.Port, "subnet", own.Subnet)
+	return nil
+}
+
+// tunAddr is the TUN device's address: the first address of the subnet, as
+// flannel gives flannel0.
+func (b *Backend) tunAddr() netip.Addr { return b.own.Subnet.Masked().Addr() }
+
+// ensureAddr makes the TUN device's IPv4 addresses exactly tunAddr/32.
+func (b *Backend) ensureAddr() error {
+	link, err := b.host.Netlink.LinkByName(b.opts.Device)
+	if err != nil {
+		return fmt.Errorf("find TUN device %s: %w", b.opts.Device, err)
+	}
+	want := netip.PrefixFrom(b.tunAddr(), 32)
+	addrs, err := b.host.Netlink.AddrList(link, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", b.opts.Device, err)
+	}
+	have := false
+	var errs []error
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP.To4())
+		bits, _ := a.Mask.Size()
+		if netip.PrefixFrom(ip, bits) == want {
+			have = true
+			continue
+		}
+		// The device is Weft's own: an address from an earlier lease goes.
+		if err := b.host.Netlink.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, b.opts.Device, err))
+		}
+	}
+	if !have {
+		a := &netlink.Addr{IPNet: prefixToIPNet(want)}
+		if err := b.host.Netlink.AddrReplace(link, a); err != nil {
+			errs = append(errs, fmt.Errorf("add address %s to %s: %w", want, b.opts.Device, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureRoute routes the whole overlay network through the TUN device.
+func (b *Backend) ensureRoute() error {
+	link, err := b.host.Netlink.LinkByName(b.opts.Device)
+	if err != nil {
+		return fmt.Errorf("find TUN device %s: %w", b.opts.Device, err)
+	}
+	idx := link.Attrs().Index
+	want := []routes.Route{{Dst: b.host.Network.Network.Masked(), LinkIndex: idx}}
+	_, err = routes.Sync(b.host.Netlink, unix.AF_INET, want, func(r routes.Route) bool { return r.LinkIndex == idx })
+	return err
+}
+
+// Reconcile rebuilds the forwarding table from peers (leases with
+// BackendType "" or "udp") and swaps it in for the packet path; it also
+// restores the TUN device's state should someone have changed it. Leases
+// that cannot be served are reported in the joined error and left out.
+func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
+	if b.done == nil {
+		return errors.New("udp: Reconcile before Start")
+	}
+	var errs []error
+	t, bad := buildTable(b.host.Network.Network, b.own.Subnet, b.host.PublicIP, uint16(b.opts.Port), peers)
+	for _, err := range bad {
+		b.host.Log.Warn("udp: peer not served", "err", err)
+	}
+	errs = append(errs, bad...)
+	old := b.tbl.Swap(t)
+	if old == nil || len(old.peers) != len(t.peers) {
+		b.host.Log.Info("udp peers", "count", len(t.peers))
+	}
+	if err := b.ensureLink(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.ensureAddr(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.ensureRoute(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Done returns a channel closed once the packet path has stopped (after
+// Start's context ended) and the TUN device and socket are closed; the
+// device itself stays. It returns nil before Start.
+func (b *Backend) Done() <-chan struct{} { return b.done }
