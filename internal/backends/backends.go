@@ -8,6 +8,7 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/hostgw"
+	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/config"
 )
 
@@ -15,6 +16,7 @@ import (
 func Kinds() []backend.Kind {
 	return []backend.Kind{
 		hostgw.Kind(),
+		udp.Kind(),
 	}
 }
 
