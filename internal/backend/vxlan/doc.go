@@ -1,0 +1,80 @@
+// Package vxlan is Weft's VXLAN backend, the default datapath. It is wire-
+// and store-compatible with flannel's vxlan backend: the same device
+// (flannel.<VNI>, UDP port 8472, learning off), the same lease data
+// ({"VNI":1,"VtepMAC":"…"}), so flannel and Weft hosts can share a cluster.
+//
+// # Design
+//
+// Every host owns one VXLAN device. Its address is the host subnet's network
+// address as a /32, and its MAC (the VtepMAC) is published in the lease.
+// Traffic to a peer's pods leaves through that device; what the kernel needs
+// to encapsulate it lives in three tables, and the order in which they are
+// written matters:
+//
+//   - FDB (bridge family, on the device): peer VtepMAC → peer PublicIP, the
+//     underlay address the encapsulated frame is sent to.
+//   - Neighbours (IPv4, on the device): peer's overlay address → peer VtepMAC,
+//     so the kernel never has to ARP across the tunnel.
+//   - Routes (main table, protocol 87 via package routes).
+//
+// # Static mode (the default)
+//
+// For each peer: a permanent neighbour for the peer subnet's network address,
+// a permanent FDB entry for the peer's VtepMAC, and the route
+// "<peer subnet> via <peer network address> dev flannel.1 onlink". Entries are
+// added FDB → neighbour → route, so by the time a route can send a packet its
+// next hop is resolved and its MAC has a destination, and removed in the
+// reverse order (route → neighbour → FDB). With DirectRouting, peers whose
+// PublicIP lies on a subnet of the underlay interface get a plain host-gw
+// route "<peer subnet> via <PublicIP> dev <underlay>" and no tunnel entries.
+//
+// # Reactive mode ("Mode": "reactive")
+//
+// For large clusters where each host talks to few others. One device route
+// covers the whole overlay network; the device is created with proxy ARP and
+// L2/L3 miss notifications. When the kernel lacks a neighbour for a pod
+// address it asks user space (an L3 miss, or an application probe when an
+// entry goes stale); Weft looks up the peer whose subnet holds the address
+// and answers with an FDB entry and then a neighbour entry, both
+// NUD_REACHABLE, so they age out when unused. An L2 miss (a known MAC without
+// an FDB entry) is answered with the FDB entry alone. A host then holds
+// entries only for the peers it actually talks to.
+//
+// # What Weft owns
+//
+// Routes are Weft's when they carry protocol 87 and their destination lies in
+// the overlay network. Neighbour and FDB entries carry no owner mark in the
+// kernel, so the rule is by device: the VXLAN device is Weft's (created by
+// Weft or adopted from flannel on migration, where its entries have exactly
+// the shape Weft would write), and Weft manages the entries on it that hold a
+// link-layer address: permanent entries must match a current peer or are
+// removed; reachable/stale entries (reactive answers) are removed when the
+// peer is gone or its address changed; entries the kernel is still resolving
+// are left to the kernel. Weft never touches neighbours, FDB entries or routes
+// on any other device.
+//
+// # Reconciliation
+//
+// Reconcile is level-triggered and cheap: one dump per table (link, FDB,
+// neighbours, routes), a diff against the desired state computed from the
+// leases, then only the differences are written. A device deleted by hand is
+// recreated on the next Reconcile and, since the dumps then come back empty,
+// every entry is replayed. Entries of peers that left while weftd was down
+// are removed by the first Reconcile.
+//
+// # The VtepMAC
+//
+// Peers hold permanent entries for this host's VtepMAC, so it must not change
+// when weftd restarts or the host reboots. It is kept in Host.StateDir; on
+// first start it is taken from an existing device (a flannel host moving to
+// Weft keeps its MAC) or else derived from the host's PublicIP and the VNI, so
+// even a lost state directory yields the same MAC.
+//
+// # Checksum offload
+//
+// Kernels before 5.7 compute a wrong outer UDP checksum for VXLAN packets
+// that were NATed with random-fully masquerading (flannel issue 1279, Calico
+// issue 3145). On such kernels Weft turns off tx checksum offload on the
+// device (which also turns off TSO, so it is not done where not needed) and
+// logs it; option TxChecksumOffload ("auto", "on", "off") overrides.
+package vxlan

@@ -1,0 +1,221 @@
+package vxlan
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/routes"
+)
+
+const testNet = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+
+func threeHosts(t *testing.T, netJSON string) *lab {
+	l := newLab(t, netJSON)
+	for i := 1; i <= 3; i++ {
+		l.addHost("br0", netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)}), 24), netip.Addr{})
+	}
+	return l
+}
+
+func TestStaticThreeHosts(t *testing.T) {
+	l := threeHosts(t, testNet)
+	for _, h := range l.hosts {
+		l.start(h, "")
+	}
+	l.reconcileAll()
+	l.allPairs()
+
+	// The device looks as flannel's.
+	h := l.hosts[0]
+	link, err := h.handle.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := link.(*netlink.Vxlan)
+	if v.VxlanId != 1 || v.Port != 8472 || v.Learning || v.MTU != 1450 {
+		t.Errorf("device: VNI %d port %d learning %v MTU %d; want 1, 8472, false, 1450", v.VxlanId, v.Port, v.Learning, v.MTU)
+	}
+	addrs, _ := h.handle.AddrList(link, unix.AF_INET)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "10.244.1.0/32" {
+		t.Errorf("device addresses %v, want 10.244.1.0/32", addrs)
+	}
+	// Permanent entries and onlink routes for both peers.
+	neighs, _ := h.handle.NeighList(v.Index, unix.AF_INET)
+	perm := 0
+	for _, n := range neighs {
+		if n.State == netlink.NUD_PERMANENT {
+			perm++
+		}
+	}
+	if perm != 2 {
+		t.Errorf("%d permanent neighbours, want 2: %v", perm, neighs)
+	}
+	rs, _ := h.handle.RouteList(link, unix.AF_INET)
+	onlink := 0
+	for _, r := range rs {
+		if r.Protocol == routes.Protocol && r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+			onlink++
+		}
+	}
+	if onlink != 2 {
+		t.Errorf("%d onlink routes of protocol 87, want 2: %v", onlink, rs)
+	}
+
+	// A second Reconcile changes nothing.
+	tbl := h.be.table.Load()
+	st, err := h.be.syncEntries(v.Index, tbl, h.subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.changed() {
+		t.Errorf("second sync changed something: %+v", st)
+	}
+}
+
+func TestDeviceDeletedHealedAndMACStable(t *testing.T) {
+	l := threeHosts(t, testNet)
+	for _, h := range l.hosts {
+		l.start(h, "")
+	}
+	l.reconcileAll()
+	h := l.hosts[0]
+	mac := h.be.VtepMAC()
+	link, _ := h.handle.LinkByName("flannel.1")
+	if err := h.handle.LinkDel(link); err != nil {
+		t.Fatal(err)
+	}
+	if ping(h, l.hosts[1].podIP) {
+		t.Fatal("ping works without the device")
+	}
+	if err := h.be.Reconcile(context.Background(), l.leases()); err != nil {
+		t.Fatal(err)
+	}
+	l.allPairs()
+	if got := h.be.VtepMAC(); got != mac {
+		t.Errorf("VtepMAC changed from %s to %s", mac, got)
+	}
+	link, _ = h.handle.LinkByName("flannel.1")
+	if link.Attrs().HardwareAddr.String() != mac {
+		t.Errorf("recreated device has MAC %s, want %s", link.Attrs().HardwareAddr, mac)
+	}
+
+	// Restart: a new backend on the same state directory keeps the MAC and
+	// leaves traffic untouched.
+	l.start(h, "")
+	if got := h.be.VtepMAC(); got != mac {
+		t.Errorf("VtepMAC after restart %s, want %s", got, mac)
+	}
+	l.reconcileAll()
+	l.allPairs()
+
+	// Reboot with the state lost: the device is gone and so is the state
+	// directory; the derived MAC is the same.
+	link, _ = h.handle.LinkByName("flannel.1")
+	_ = h.handle.LinkDel(link)
+	h.state = t.TempDir()
+	l.start(h, "")
+	if got := h.be.VtepMAC(); got != mac {
+		t.Errorf("VtepMAC after reboot without state %s, want %s", got, mac)
+	}
+}
+
+func TestPeersThatLeftAreRemovedAtStart(t *testing.T) {
+	l := threeHosts(t, testNet)
+	for _, h := range l.hosts {
+		l.start(h, "")
+	}
+	l.reconcileAll()
+	h := l.hosts[0]
+	// A foreign route inside the network and a neighbour on another device
+	// must survive.
+	cni, _ := h.handle.LinkByName("cni0")
+	foreign := &netlink.Route{Dst: mustIPNet("10.244.200.0/24"), Gw: []byte{10, 244, 1, 99}, LinkIndex: cni.Attrs().Index, Protocol: unix.RTPROT_STATIC}
+	if err := h.handle.RouteAdd(foreign); err != nil {
+		t.Fatal(err)
+	}
+	// Restart with host 3 gone.
+	l.start(h, "")
+	if err := h.be.Reconcile(context.Background(), l.leases()[:2]); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, h, l.hosts[1].podIP, 3*time.Second)
+	link, _ := h.handle.LinkByName("flannel.1")
+	neighs, _ := h.handle.NeighList(link.Attrs().Index, unix.AF_INET)
+	for _, n := range neighs {
+		if n.IP.String() == "10.244.3.0" {
+			t.Errorf("neighbour of departed host 3 still present: %v", n)
+		}
+	}
+	fdb, _ := h.handle.NeighList(link.Attrs().Index, unix.AF_BRIDGE)
+	for _, f := range fdb {
+		if f.HardwareAddr.String() == l.hosts[2].be.VtepMAC() {
+			t.Errorf("FDB entry of departed host 3 still present: %v", f)
+		}
+	}
+	rs, _ := h.handle.RouteList(nil, unix.AF_INET)
+	sawForeign := false
+	for _, r := range rs {
+		if r.Dst != nil && r.Dst.String() == "10.244.3.0/24" {
+			t.Errorf("route to departed host 3 still present: %v", r)
+		}
+		if r.Dst != nil && r.Dst.String() == "10.244.200.0/24" {
+			sawForeign = true
+		}
+	}
+	if !sawForeign {
+		t.Error("a route Weft did not make was removed")
+	}
+}
+
+func TestMalformedVtepMACSkipped(t *testing.T) {
+	l := threeHosts(t, testNet)
+	for _, h := range l.hosts {
+		l.start(h, "")
+	}
+	ls := l.leases()
+	ls[2].Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"not-a-mac"}`)
+	var errs []string
+	for _, h := range l.hosts[:2] {
+		err := h.be.Reconcile(context.Background(), ls)
+		if err == nil || !strings.Contains(err.Error(), "VtepMAC") || !strings.Contains(err.Error(), "10.244.3.0/24") {
+			t.Errorf("host %d: error %v, want one naming lease 10.244.3.0/24 and VtepMAC", h.i, err)
+		}
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	waitPing(t, l.hosts[0], l.hosts[1].podIP, 3*time.Second)
+	waitPing(t, l.hosts[1], l.hosts[0].podIP, 3*time.Second)
+}
+
+func TestMismatchedDeviceReplaced(t *testing.T) {
+	l := newLab(t, testNet)
+	h := l.addHost("br0", netip.MustParsePrefix("198.18.0.11/24"), netip.Addr{})
+	if err := h.handle.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "flannel.1"}, VxlanId: 5, Port: 4789, Learning: true}); err != nil {
+		t.Fatal(err)
+	}
+	l.start(h, "")
+	link, err := h.handle.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := link.(*netlink.Vxlan)
+	if v.VxlanId != 1 || v.Port != 8472 || v.Learning {
+		t.Errorf("device not replaced: VNI %d port %d learning %v", v.VxlanId, v.Port, v.Learning)
+	}
+}
+
+func mustIPNet(s string) *net.IPNet {
+	_, n, err := net.ParseCIDR(s)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}

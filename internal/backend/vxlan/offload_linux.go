@@ -1,0 +1,100 @@
+package vxlan
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/safchain/ethtool"
+	"golang.org/x/sys/unix"
+)
+
+// txCsumFeature is the ethtool feature users turn off by hand on flannel.1
+// ("ethtool -K flannel.1 tx-checksum-ip-generic off").
+const txCsumFeature = "tx-checksum-ip-generic"
+
+// csumFixedIn is the first kernel that computes the outer UDP checksum of
+// NATed VXLAN packets correctly with offload on (Calico's cut-off, found
+// with flannel issue 1279 and Calico issue 3145).
+var csumFixedIn = [2]int{5, 7}
+
+// kernelRelease returns the running kernel's major and minor version.
+func kernelRelease() (major, minor int, release string, err error) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return 0, 0, "", fmt.Errorf("uname: %w", err)
+	}
+	release = unix.ByteSliceToString(u.Release[:])
+	major, minor, ok := parseRelease(release)
+	if !ok {
+		return 0, 0, release, fmt.Errorf("cannot parse kernel release %q", release)
+	}
+	return major, minor, release, nil
+}
+
+// parseRelease reads "6.18.0-foo" as 6, 18.
+func parseRelease(r string) (major, minor int, ok bool) {
+	fields := strings.FieldsFunc(r, func(c rune) bool { return c == '.' || c == '-' || c == '+' || c == '_' })
+	if len(fields) < 2 {
+		return 0, 0, false
+	}
+	var err1, err2 error
+	major, err1 = strconv.Atoi(fields[0])
+	minor, err2 = strconv.Atoi(fields[1])
+	return major, minor, err1 == nil && err2 == nil
+}
+
+// checksumDecision says whether tx checksum offload should be on and why.
+func checksumDecision(setting string, major, minor int, release string) (on bool, why string) {
+	switch setting {
+	case csumOn:
+		return true, "TxChecksumOffload is \"on\""
+	case csumOff:
+		return false, "TxChecksumOffload is \"off\""
+	}
+	if release == "" {
+		return true, "kernel version unknown; leaving offload (and TSO) on"
+	}
+	if major < csumFixedIn[0] || major == csumFixedIn[0] && minor < csumFixedIn[1] {
+		return false, fmt.Sprintf("kernel %s (< %d.%d) corrupts the UDP checksum of VXLAN packets that pass through NAT; offload off (TSO off too, slower)", release, csumFixedIn[0], csumFixedIn[1])
+	}
+	return true, fmt.Sprintf("kernel %s (>= %d.%d) checksums NATed VXLAN packets correctly; offload (and TSO) left on", release, csumFixedIn[0], csumFixedIn[1])
+}
+
+// ensureChecksumOffload applies the checksum offload decision to the device
+// with an ethtool ioctl inside the host's namespace, and logs it.
+func (b *Backend) ensureChecksumOffload() error {
+	major, minor, release, err := kernelRelease()
+	if err != nil {
+		b.log.Warn("cannot tell the kernel version for the checksum offload decision", "error", err)
+		release = ""
+	}
+	want, why := checksumDecision(b.s.csum, major, minor, release)
+	var have, changed bool
+	err = inNS(b.host.NetNS, func() error {
+		e, err := ethtool.NewEthtool()
+		if err != nil {
+			return fmt.Errorf("ethtool socket: %w", err)
+		}
+		defer e.Close()
+		feats, err := e.Features(b.s.device)
+		if err != nil {
+			return fmt.Errorf("read features of %s: %w", b.s.device, err)
+		}
+		have = feats[txCsumFeature]
+		if have == want {
+			return nil
+		}
+		if err := e.Change(b.s.device, map[string]bool{txCsumFeature: want}); err != nil {
+			return fmt.Errorf("set %s %v on %s: %w", txCsumFeature, want, b.s.device, err)
+		}
+		changed = true
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("checksum offload: %w", err)
+	}
+	state := map[bool]string{true: "on", false: "off"}[want]
+	b.log.Info("tx checksum offload "+state, "feature", txCsumFeature, "changed", changed, "reason", why)
+	return nil
+}
