@@ -9,6 +9,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/udp"
+	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
 )
 
@@ -17,6 +18,7 @@ func Kinds() []backend.Kind {
 	return []backend.Kind{
 		hostgw.Kind(),
 		udp.Kind(),
+		vxlan.Kind(),
 	}
 }
 
