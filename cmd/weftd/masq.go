@@ -3,16 +3,26 @@ package main
 import (
 	"log/slog"
 	"net/netip"
+
+	"github.com/weft-net/weft/internal/masq"
 )
 
-// masquerader adapts the masquerade rules to the agent. It is replaced by
-// internal/masq once that lands.
+// masquerader connects the agent to internal/masq, logging when the rules
+// had to be (re)created.
 type masquerader struct{ log *slog.Logger }
 
 func newMasquerader(log *slog.Logger) *masquerader { return &masquerader{log: log} }
 
-// Ensure is a placeholder.
-func (m *masquerader) Ensure(network, hostSubnet netip.Prefix) error { return nil }
+// Ensure keeps Weft's masquerade table in place for the host's pods.
+func (m *masquerader) Ensure(network, hostSubnet netip.Prefix) error {
+	return masq.Ensure(network, hostSubnet)
+}
 
-// Cleanup is a placeholder.
-func (m *masquerader) Cleanup() error { return nil }
+// Cleanup removes Weft's masquerade table.
+func (m *masquerader) Cleanup() error {
+	if err := masq.Cleanup(); err != nil {
+		return err
+	}
+	m.log.Info("removed Weft's nftables table", "table", masq.Table)
+	return nil
+}
