@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -120,6 +121,22 @@ func openBind(ns netns.NsHandle, port uint16) (conn.Bind, []conn.ReceiveFunc, er
 		return nil, nil, err
 	}
 	return bind, fns, nil
+}
+
+// setSysctl writes value to /proc/sys/<key> inside ns (the files under
+// /proc/sys/net belong to the namespace of the thread that opens them).
+func setSysctl(ns netns.NsHandle, key, value string) error {
+	return inNS(ns, func() error {
+		path := "/proc/sys/" + key
+		cur, err := os.ReadFile(path)
+		if err == nil && strings.TrimSpace(string(cur)) == value {
+			return nil
+		}
+		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", strings.ReplaceAll(key, "/", "."), value, err)
+		}
+		return nil
+	})
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

@@ -212,7 +212,10 @@ func (b *Backend) ensureLink() error {
 			return fmt.Errorf("bring %s up: %w", b.opts.Device, err)
 		}
 	}
-	return nil
+	// ICMP errors weftd writes into the device come from the device's own
+	// address; without accept_local the kernel would drop them as martians.
+	// Peers cannot abuse it: their packets must come from their own subnets.
+	return setSysctl(b.host.NetNS, "net/ipv4/conf/"+b.opts.Device+"/accept_local", "1")
 }
 
 // Start gives the TUN device this host's address (the first address of its
