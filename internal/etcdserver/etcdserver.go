@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -33,6 +34,9 @@ type Config struct {
 	PeerURL string
 	// LogLevel is etcd's own log level (default "error").
 	LogLevel string
+	// CertFile and KeyFile serve https:// client URLs; with CAFile set,
+	// clients must present a certificate signed by it.
+	CertFile, KeyFile, CAFile string
 }
 
 // Server is a running embedded etcd.
@@ -68,7 +72,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	var clientURLs []url.URL
 	for _, s := range c.ClientURLs {
 		u, err := url.Parse(s)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "unix" && u.Scheme != "https") {
+		if err != nil || (u.Scheme != "http" && u.Scheme != "unix" && u.Scheme != "https" && u.Scheme != "unixs") {
 			return nil, fmt.Errorf("etcdserver: client URL %q: want http://host:port or unix:///path", s)
 		}
 		if u.Scheme == "unix" {
@@ -80,6 +84,10 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		clientURLs = append(clientURLs, *u)
 	}
 	cfg.ListenClientUrls = clientURLs
+	if c.CertFile != "" {
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile, TrustedCAFile: c.CAFile, ClientCertAuth: c.CAFile != ""}
+		cfg.ClientAutoTLS = false
+	}
 	cfg.AdvertiseClientUrls = advertisable(clientURLs)
 
 	peer := c.PeerURL
