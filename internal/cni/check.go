@@ -137,7 +137,9 @@ func checkHostVeth(h *netlink.Handle, name string, brIndex int, hairpin bool) er
 	if l.Attrs().Flags&net.FlagUp == 0 {
 		errs = append(errs, fmt.Errorf("host interface %s is down", name))
 	}
-	if p := l.Attrs().Protinfo; p != nil && p.Hairpin != hairpin {
+	if p, err := h.LinkGetProtinfo(l); err != nil {
+		errs = append(errs, fmt.Errorf("host interface %s: bridge port flags: %w", name, err))
+	} else if p.Hairpin != hairpin {
 		errs = append(errs, fmt.Errorf("host interface %s: hairpin mode is %t, want %t", name, p.Hairpin, hairpin))
 	}
 	return errors.Join(errs...)
