@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"github.com/weft-net/weft/internal/netnsutil"
 	"github.com/weft-net/weft/internal/store"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -249,7 +250,7 @@ func Down(name string) error {
 	// Pods first, then hosts, then the underlay: not required by the
 	// kernel, but it keeps a half-finished Down easy to read.
 	for i := len(nss) - 1; i >= 0; i-- {
-		if err := deleteNamed(nss[i]); err != nil {
+		if err := netnsutil.Delete(nss[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -435,7 +436,7 @@ func (l *Lab) addPods(ctx context.Context) error {
 		}
 		for j := 1; j <= spec.Pods; j++ {
 			p := PodState{Name: podName(h.Index, j), Netns: podNS(spec.Name, h.Index, j), Host: h.Name, HostIndex: h.Index, Index: j}
-			ns, err := createNamed(p.Netns)
+			ns, err := netnsutil.Create(p.Netns)
 			if err != nil {
 				return err
 			}

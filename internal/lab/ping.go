@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/internal/netnsutil"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 )
@@ -28,7 +29,7 @@ type pinger struct {
 // openPinger opens an ICMP socket in the named namespace.
 func openPinger(nsName string) (*pinger, error) {
 	var c *icmp.PacketConn
-	err := inNamed(nsName, func() error {
+	err := netnsutil.DoNamed(nsName, func() error {
 		var err error
 		c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 		return err

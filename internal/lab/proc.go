@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"github.com/weft-net/weft/internal/netnsutil"
 )
 
 // startIn starts argv inside ns, its stdout and stderr appended to logPath.
@@ -31,7 +32,7 @@ func startIn(ns netns.NsHandle, argv []string, logPath string) (pid int, exited 
 	cmd.Env = childEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	// The child inherits the network namespace of the thread that forks it.
-	if err := inNS(ns, cmd.Start); err != nil {
+	if err := netnsutil.Do(ns, cmd.Start); err != nil {
 		return 0, nil, fmt.Errorf("lab: start %s: %w", filepath.Base(argv[0]), err)
 	}
 	done := make(chan struct{})

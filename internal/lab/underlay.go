@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/weft-net/weft/internal/netnsutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -140,7 +141,7 @@ func newNSSet() *nsSet {
 
 // create makes a named namespace, brings its lo up and keeps handles.
 func (s *nsSet) create(name string) (netns.NsHandle, *netlink.Handle, error) {
-	ns, err := createNamed(name)
+	ns, err := netnsutil.Create(name)
 	if err != nil {
 		return -1, nil, err
 	}

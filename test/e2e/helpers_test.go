@@ -150,9 +150,15 @@ func cleanStaleLabs() {
 	}
 }
 
+// processAlive reports whether pid exists and is not a zombie (an exited
+// process whose parent has not reaped it yet).
 func processAlive(pid int) bool {
-	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
-	return err == nil
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
 }
 
 // requireRoot skips the test unless it runs as root.
