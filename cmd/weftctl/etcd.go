@@ -41,5 +41,8 @@ run an etcd cluster and point weftd at it with --etcd-endpoints.`,
 	f.StringVar(&urls, "listen-client-urls", "http://127.0.0.1:2379", "comma-separated client URLs (http://host:port, unix:///path)")
 	f.StringVar(&c.PeerURL, "listen-peer-url", "", "peer URL (default: a free port on 127.0.0.1)")
 	f.StringVar(&c.LogLevel, "log-level", "error", "etcd's log level")
+	f.StringVar(&c.CertFile, "cert-file", "", "server certificate for https:// client URLs")
+	f.StringVar(&c.KeyFile, "key-file", "", "server key for https:// client URLs")
+	f.StringVar(&c.CAFile, "trusted-ca-file", "", "CA that client certificates must be signed by (enables client certificate auth)")
 	return cmd
 }
