@@ -23,6 +23,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // DefaultPrefix is flannel's etcd prefix.
@@ -69,6 +71,12 @@ func New(ctx context.Context, o Options) (*Store, error) {
 		Password:             o.Password,
 		Context:              ctx,
 		Logger:               zap.NewNop(),
+		// Reconnect quickly once etcd is back: gRPC's default backoff grows
+		// to two minutes, which would delay leases written after an outage.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
