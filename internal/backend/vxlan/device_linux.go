@@ -37,6 +37,9 @@ func (s deviceSpec) link() *netlink.Vxlan {
 		L2miss:       s.reactive,
 		L3miss:       s.reactive,
 	}
+	if s.reactive {
+		v.Age = reactiveFDBAge
+	}
 	if s.local.IsValid() {
 		v.SrcAddr = s.local.AsSlice()
 	}
@@ -65,6 +68,9 @@ func (s deviceSpec) mismatch(l netlink.Link) []string {
 	diff("L2 miss", v.L2miss, s.reactive)
 	diff("L3 miss", v.L3miss, s.reactive)
 	diff("underlay device index", v.VtepDevIndex, s.underlay)
+	if s.reactive {
+		diff("FDB ageing", v.Age, reactiveFDBAge)
+	}
 	var have netip.Addr
 	if a, ok := netip.AddrFromSlice(v.SrcAddr); ok {
 		have = a.Unmap()
@@ -95,7 +101,7 @@ func (b *Backend) ensureDevice(spec deviceSpec) (idx int, created bool, err erro
 	}
 	if l != nil {
 		if why := spec.mismatch(l); len(why) > 0 {
-			b.log.Warn("replacing VXLAN device with other parameters", "device", spec.name, "reason", strings.Join(why, "; "))
+			b.log.Warn("replacing VXLAN device with other parameters", "reason", strings.Join(why, "; "))
 			if err := h.LinkDel(l); err != nil {
 				return 0, false, fmt.Errorf("remove device %s (%s): %w", spec.name, strings.Join(why, "; "), err)
 			}

@@ -231,6 +231,9 @@ func (l *lab) reconcileAll() {
 	l.t.Helper()
 	ls := l.leases()
 	for _, h := range l.hosts {
+		if h.be == nil {
+			continue
+		}
 		if err := h.be.Reconcile(context.Background(), ls); err != nil {
 			l.t.Fatalf("host %d Reconcile: %v", h.i, err)
 		}

@@ -12,11 +12,15 @@ import (
 	"github.com/weft-net/weft/internal/routes"
 )
 
-// reactiveIdle is how long a reactive neighbour entry may sit unused (in
-// the kernel's STALE state) before Weft removes it. It is well below the
-// device's FDB ageing (300 s), so a returning flow finds no neighbour and
-// asks again rather than hitting a neighbour whose FDB entry expired.
-const reactiveIdle = 60 * time.Second
+// reactiveIdle is how long reactive entries for a peer stay after the last
+// frame sent to it. The device's own FDB ageing is off in reactive mode (it
+// counts from the last update, not the last use, and would cut active
+// flows); Weft expires entries itself on Reconcile.
+const reactiveIdle = 5 * time.Minute
+
+// reactiveFDBAge is the device's FDB ageing in reactive mode, in seconds: a
+// year, in effect off (the kernel reads 0 as its default of 300 s).
+const reactiveFDBAge = 365 * 24 * 3600
 
 // userHZ is the unit of the kernel's neighbour cache timestamps.
 const userHZ = 100
@@ -154,6 +158,22 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		errs = append(errs, err)
 	}
 
+	// Reactive entries expire when their peer has not been sent anything
+	// for b.idle: the FDB entry's "used" time is refreshed by every
+	// transmitted frame (the neighbour's is not a usable signal: answering
+	// the kernel's probes refreshes it).
+	idle := map[hwAddr]bool{}
+	if !static {
+		for _, f := range fdbs {
+			if f.LinkIndex != idx || f.State&netlink.NUD_PERMANENT != 0 {
+				continue
+			}
+			if m, err := toHwAddr(f.HardwareAddr); err == nil && time.Duration(f.Used)*time.Second/userHZ > b.idle {
+				idle[m] = true
+			}
+		}
+	}
+
 	// Removals: neighbours, then FDB.
 	for _, n := range neighs {
 		if n.LinkIndex != idx {
@@ -170,10 +190,7 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		case n.State&netlink.NUD_PERMANENT != 0:
 			keep = static && p != nil && !p.direct && ip == p.subnet.Addr() && p.mac == m
 		case n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
-			keep = p != nil && !p.direct && p.mac == m
-			if keep && !static && n.State == netlink.NUD_STALE && time.Duration(n.Used)*time.Second/userHZ > reactiveIdle {
-				keep = false
-			}
+			keep = p != nil && !p.direct && p.mac == m && !idle[m]
 		default:
 			continue
 		}
@@ -201,7 +218,7 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		case f.State&netlink.NUD_PERMANENT != 0:
 			keep = static && p != nil && dst == p.public
 		case f.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
-			keep = p != nil && dst == p.public
+			keep = p != nil && dst == p.public && !idle[m]
 		default:
 			continue
 		}

@@ -53,6 +53,8 @@ type Backend struct {
 	// warned remembers the lease problems already logged, so a bad lease is
 	// reported once rather than every resync.
 	warned map[string]bool
+	// idle is how long an unused reactive neighbour entry is kept.
+	idle time.Duration
 
 	startOnce sync.Once
 }
@@ -74,7 +76,7 @@ func New(h backend.Host, opts json.RawMessage) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Backend{host: h, s: s, log: log.With("backend", Type, "device", s.device), warned: map[string]bool{}}, nil
+	return &Backend{host: h, s: s, log: log.With("backend", Type, "device", s.device), warned: map[string]bool{}, idle: reactiveIdle}, nil
 }
 
 // Device returns the name of the VXLAN device.
