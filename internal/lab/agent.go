@@ -37,7 +37,7 @@ func (l *Lab) startAgent(i int) error {
 	if err != nil {
 		return err
 	}
-	if alive(h.PID) && cmdlineMentions(h.PID, l.state.Dir+"/") {
+	if alive(h.PID) && labProcess(h.PID, l.state.Dir) {
 		return fmt.Errorf("lab %s: weftd on %s is running already (pid %d)", l.state.Name, h.Name, h.PID)
 	}
 	if err := os.Remove(h.HealthSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -159,7 +159,7 @@ func (l *Lab) StopAgent(ctx context.Context, i int, sig syscall.Signal) error {
 	if h.PID == 0 || !alive(h.PID) {
 		return fmt.Errorf("lab %s: weftd on %s is not running", l.state.Name, h.Name)
 	}
-	if !cmdlineMentions(h.PID, l.state.Dir+"/") {
+	if !labProcess(h.PID, l.state.Dir) {
 		return fmt.Errorf("lab %s: pid %d is not this lab's weftd", l.state.Name, h.PID)
 	}
 	if err := l.signalAndWait(ctx, h.PID, sig); err != nil {

@@ -120,8 +120,9 @@ func stopProcs(pids []int, grace time.Duration) error {
 }
 
 // procsIn returns the processes whose network namespace is one of inodes,
-// or whose command line mentions dir (the lab's directory: a process of a
-// lab whose namespaces are already gone).
+// and the lab's own processes whose namespace is already gone (after a
+// crash half-way through Down): those whose command line passes a path
+// under dir as a lab flag.
 func procsIn(inodes map[uint64]bool, dir string) ([]int, error) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -138,20 +139,39 @@ func procsIn(inodes map[uint64]bool, dir string) ([]int, error) {
 			out = append(out, pid)
 			continue
 		}
-		if dir != "" && cmdlineMentions(pid, dir+"/") {
+		if dir != "" && labProcess(pid, dir) {
 			out = append(out, pid)
 		}
 	}
 	return out, nil
 }
 
-// cmdlineMentions reports whether one of pid's arguments contains s.
-func cmdlineMentions(pid int, s string) bool {
+// labFlag reports whether arg is a flag through which the lab hands its
+// processes a path under the lab's directory: weftd's --subnet-file and
+// --state-dir, the etcd's --data-dir.
+func labFlag(arg string) bool {
+	switch arg {
+	case "--subnet-file", "--state-dir", "--data-dir":
+		return true
+	}
+	return false
+}
+
+// labProcess reports whether pid was started by the lab in dir: one of its
+// arguments is a lab flag followed by a path under dir. A process that
+// merely mentions the directory (an operator's `tail -f`) does not count.
+func labProcess(pid int, dir string) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
 		return false
 	}
-	return bytes.Contains(b, []byte(s))
+	args := strings.Split(string(b), "\x00")
+	for i := 1; i < len(args); i++ {
+		if labFlag(args[i-1]) && strings.HasPrefix(args[i], dir+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // tail returns the last n bytes of a file, for error messages.
