@@ -11,6 +11,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -18,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,7 +194,7 @@ func labName() string {
 // upLab brings up a lab for the test with the built binaries (and a unique
 // name unless spec.Name is set) and removes it when the test ends, checking
 // that nothing of it is left.
-func upLab(t *testing.T, spec lab.Spec) *lab.Lab {
+func upLab(t testing.TB, spec lab.Spec) *lab.Lab {
 	t.Helper()
 	requireBinaries(t)
 	if spec.Name == "" {
@@ -390,4 +392,69 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		t.Fatalf("%s: not within %s", what, timeout)
 	}
 	return time.Since(start)
+}
+
+// iperfServer runs `iperf3 -s` inside ns until the test ends and returns
+// once it listens.
+func iperfServer(t testing.TB, ns string, port int) {
+	t.Helper()
+	requireTool(t, "iperf3")
+	cmd := exec.Command("ip", "netns", "exec", ns, "iperf3", "-s", "-p", strconv.Itoa(port))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("iperf3 server in %s: %v", ns, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := pollUntil(ctx, 20*time.Millisecond, func() bool {
+		out, err := inNS(ctx, ns, "ss", "-Hltn", "sport = :"+strconv.Itoa(port))
+		return err == nil && strings.Contains(out, "LISTEN")
+	})
+	if err != nil {
+		t.Fatalf("iperf3 server in %s not listening on %d", ns, port)
+	}
+}
+
+// iperfGbps runs an iperf3 TCP client inside ns against dst for d and
+// returns the receiver's throughput in Gbit/s. extra goes to the client
+// (e.g. "-A", "0,1" to pin client and server to cores).
+func iperfGbps(t testing.TB, ns, dst string, port int, d time.Duration, extra ...string) float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	args := append([]string{"iperf3", "-c", dst, "-p", strconv.Itoa(port), "-t", strconv.Itoa(int(d.Seconds())), "-J"}, extra...)
+	out, err := inNS(ctx, ns, args...)
+	if err != nil {
+		t.Fatalf("iperf3: %v", err)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("iperf3 JSON: %v\n%s", err, out)
+	}
+	if res.Error != "" || res.End.SumReceived.BitsPerSecond <= 0 {
+		t.Fatalf("iperf3 %s -> %s: %s (%.0f bit/s)", ns, dst, res.Error, res.End.SumReceived.BitsPerSecond)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9
+}
+
+// median returns the median of xs (which it sorts).
+func median(xs []float64) float64 {
+	sort.Float64s(xs)
+	n := len(xs)
+	if n%2 == 1 {
+		return xs[n/2]
+	}
+	return (xs[n/2-1] + xs[n/2]) / 2
 }

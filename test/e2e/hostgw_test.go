@@ -264,3 +264,33 @@ func TestHostGWRefusesPeerOffLink(t *testing.T) {
 		t.Error("h1-p1 reached h3-p1 without a route")
 	}
 }
+
+// BenchmarkHostGWPodToPod measures TCP throughput pod to pod across two
+// hosts over host-gw against the underlay (host to host over the same
+// bridge) in the same run: iperf3 -A 0,1 for 4 s, alternating, median of
+// three each. Run it with
+//
+//	go test -run '^$' -bench HostGWPodToPod -benchtime 1x ./test/e2e
+func BenchmarkHostGWPodToPod(b *testing.B) {
+	requireTool(b, "iperf3")
+	l := upLab(b, lab.Spec{Hosts: 2, Pods: 1, Backend: "host-gw"})
+	h1, _ := l.Host(1)
+	h2, _ := l.Host(2)
+	p1, _ := l.Pod(1, 1)
+	p2, _ := l.Pod(2, 1)
+	iperfServer(b, h2.Netns, 5201)
+	iperfServer(b, p2.Netns, 5201)
+	const d = 4 * time.Second
+	for i := 0; i < b.N; i++ {
+		var ul, pod []float64
+		for range 3 {
+			ul = append(ul, iperfGbps(b, h1.Netns, h2.UnderlayIP, 5201, d, "-A", "0,1"))
+			pod = append(pod, iperfGbps(b, p1.Netns, p2.IP, 5201, d, "-A", "0,1"))
+		}
+		u, p := median(ul), median(pod)
+		b.Logf("underlay %.2f Gbit/s %v, pod->pod %.2f Gbit/s %v, ratio %.3f", u, ul, p, pod, p/u)
+		b.ReportMetric(u, "underlay-Gbit/s")
+		b.ReportMetric(p, "pod-Gbit/s")
+		b.ReportMetric(p/u, "ratio")
+	}
+}
