@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/weft-net/weft/internal/lab"
+	"golang.org/x/sys/unix"
 )
 
 // weftctl runs the built weftctl and returns its combined output.
@@ -194,4 +196,75 @@ func nsInode(t *testing.T, path string) uint64 {
 		t.Fatal(err)
 	}
 	return s.Ino
+}
+
+// rootSnapshot is what the root namespace holds that a lab could touch.
+type rootSnapshot struct {
+	links  map[string]bool
+	routes map[string]bool
+	addrs  map[string]bool
+}
+
+func snapshotRoot(t *testing.T) rootSnapshot {
+	t.Helper()
+	s := rootSnapshot{links: map[string]bool{}, routes: map[string]bool{}, addrs: map[string]bool{}}
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		s.links[l.Attrs().Name] = true
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		s.routes[r.String()] = true
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		s.addrs[a.IPNet.String()] = true
+	}
+	return s
+}
+
+// labLike reports whether s mentions an address from the lab's ranges.
+func labLike(s string) bool {
+	return strings.Contains(s, "198.18.") || strings.Contains(s, "198.19.") || strings.Contains(s, "10.244.")
+}
+
+// TestLabLeavesRootNamespaceAlone: while a lab runs, the root namespace has
+// no new link named like a lab device and no route or address from the
+// lab's ranges.
+func TestLabLeavesRootNamespaceAlone(t *testing.T) {
+	requireRoot(t)
+	before := snapshotRoot(t)
+	l := upLab(t, lab.Spec{Hosts: 2, Pods: 2, Backend: "host-gw"})
+	during := snapshotRoot(t)
+	labDevices := map[string]bool{"br0": true, "br1": true, "cni0": true, "rt0": true, "rt1": true, "flannel.1": true, "flannel0": true}
+	for _, h := range l.State().Hosts {
+		labDevices[h.Name] = true
+	}
+	for i := 1; i <= 2; i++ {
+		labDevices[fmt.Sprintf("vp%d", i)] = true
+	}
+	for n := range during.links {
+		if !before.links[n] && labDevices[n] {
+			t.Errorf("root namespace gained link %s", n)
+		}
+	}
+	for r := range during.routes {
+		if !before.routes[r] && labLike(r) {
+			t.Errorf("root namespace gained route %s", r)
+		}
+	}
+	for a := range during.addrs {
+		if !before.addrs[a] && labLike(a) {
+			t.Errorf("root namespace gained address %s", a)
+		}
+	}
 }
