@@ -277,8 +277,8 @@ func (b *Backend) routinePeersToTUN(recv conn.ReceiveFunc, batch int) {
 				continue
 			}
 			v := verdictUnknownSender
-			if src := eps[i].DstIP().Unmap(); src.Is4() {
-				v = t.checkInbound(in.bufs[i][:size], addr32(src))
+			if ep, ok := eps[i].(*conn.StdNetEndpoint); ok && ep.Addr().Unmap().Is4() {
+				v = t.checkInbound(in.bufs[i][:size], addr32(ep.Addr().Unmap()), ep.Port())
 			}
 			eps[i] = nil
 			if v != verdictForward {

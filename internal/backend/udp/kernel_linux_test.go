@@ -73,7 +73,7 @@ type testHost struct {
 }
 
 type topo struct {
-	t      *testing.T
+	t      testing.TB
 	sfx    string
 	ul     string
 	net    *config.Network
@@ -82,7 +82,7 @@ type topo struct {
 	strayI netip.Addr
 }
 
-func newTopo(t *testing.T, n int, backendJSON string) *topo {
+func newTopo(t testing.TB, n int, backendJSON string) *topo {
 	requireRoot(t)
 	removeStale(t)
 	var rnd [3]byte
@@ -109,20 +109,11 @@ func newTopo(t *testing.T, n int, backendJSON string) *topo {
 			exec.Command("ip", "netns", "del", h.name).Run()
 			exec.Command("ip", "netns", "del", h.pod).Run()
 		}
-		exec.Command("ip", "netns", "del", tp.stray).Run()
 		exec.Command("ip", "netns", "del", tp.ul).Run()
 	})
 	run(t, "ip", "netns", "add", tp.ul)
 	run(t, "ip", "-n", tp.ul, "link", "add", "br0", "type", "bridge")
 	run(t, "ip", "-n", tp.ul, "link", "set", "br0", "up")
-	attach := func(ns string, i int, addr string) {
-		port := fmt.Sprintf("p%d", i)
-		run(t, "ip", "-n", tp.ul, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-		run(t, "ip", "-n", tp.ul, "link", "set", port, "master", "br0", "up")
-		run(t, "ip", "-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
-		run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
 	for i := 1; i <= n; i++ {
 		h := &testHost{
 			name:   fmt.Sprintf("%s%s-h%d", nsPrefix, sfx, i),
@@ -135,7 +126,7 @@ func newTopo(t *testing.T, n int, backendJSON string) *topo {
 		tp.hosts = append(tp.hosts, h)
 		run(t, "ip", "netns", "add", h.name)
 		run(t, "ip", "netns", "add", h.pod)
-		attach(h.name, i, h.ip.String())
+		tp.attach(h.name, i, h.ip.String())
 		run(t, "ip", "netns", "exec", h.name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		run(t, "ip", "-n", h.name, "link", "add", "vp", "type", "veth", "peer", "name", "eth0", "netns", h.pod)
 		run(t, "ip", "-n", h.name, "addr", "add", fmt.Sprintf("10.244.%d.1/24", i), "dev", "vp")
@@ -151,11 +142,31 @@ func newTopo(t *testing.T, n int, backendJSON string) *topo {
 			t.Fatal(err)
 		}
 	}
-	tp.stray = nsPrefix + sfx + "-x"
 	tp.strayI = netip.MustParseAddr("198.18.0.66")
-	run(t, "ip", "netns", "add", tp.stray)
-	attach(tp.stray, 99, tp.strayI.String())
+	tp.stray = tp.addUnderlayNS("x", 99, tp.strayI.String())
 	return tp
+}
+
+// addUnderlayNS adds a namespace with eth0 (addr/24) on the underlay bridge,
+// removed with the topology.
+func (tp *topo) addUnderlayNS(tag string, port int, addr string) string {
+	t := tp.t
+	ns := nsPrefix + tp.sfx + "-" + tag
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	run(t, "ip", "netns", "add", ns)
+	tp.attach(ns, port, addr)
+	return ns
+}
+
+// attach connects ns to the underlay bridge with eth0 at addr/24.
+func (tp *topo) attach(ns string, i int, addr string) {
+	t := tp.t
+	port := fmt.Sprintf("p%d", i)
+	run(t, "ip", "-n", tp.ul, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	run(t, "ip", "-n", tp.ul, "link", "set", port, "master", "br0", "up")
+	run(t, "ip", "-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
+	run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
 }
 
 func (tp *topo) lease(h *testHost) lease.Lease {
@@ -315,8 +326,8 @@ func udpInner(src, dst netip.AddrPort, payload string) []byte {
 }
 
 // sendFrom sends one datagram holding payload from a socket opened in ns
-// to dst.
-func sendFrom(t *testing.T, ns string, dst netip.AddrPort, payload []byte) {
+// (bound to port, 0 for any) to dst.
+func sendFrom(t *testing.T, ns string, port int, dst netip.AddrPort, payload []byte) {
 	t.Helper()
 	h, err := netns.GetFromName(ns)
 	if err != nil {
@@ -324,7 +335,7 @@ func sendFrom(t *testing.T, ns string, dst netip.AddrPort, payload []byte) {
 	}
 	defer h.Close()
 	err = inNS(h, func() error {
-		c, err := net.ListenUDP("udp4", nil)
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: port})
 		if err != nil {
 			return err
 		}
@@ -359,28 +370,36 @@ func listenIn(t *testing.T, ns string, addr netip.AddrPort) *net.UDPConn {
 // TestKernelSpoofing sends datagrams to a host's UDP port from a namespace
 // on the underlay that is no peer, and malformed or misaddressed ones from a
 // peer: none reaches the pod, each is counted; a well-formed datagram from
-// the peer does reach it.
+// the peer does reach it. The peer here is simulated by a plain namespace
+// (listed in the leases, running no backend) so that the test may send from
+// port 8285 itself.
 func TestKernelSpoofing(t *testing.T) {
 	requirePing(t)
-	tp := newTopo(t, 3, `{"Type":"udp"}`)
+	tp := newTopo(t, 2, `{"Type":"udp"}`)
 	for _, h := range tp.hosts {
 		tp.start(h)
 	}
-	h1, h2, h3 := tp.hosts[0], tp.hosts[1], tp.hosts[2]
+	h1, h2 := tp.hosts[0], tp.hosts[1]
 	pingEventually(t, h1.pod, h2.podIP) // the path works
+	sim := tp.addUnderlayNS("s", 98, "198.18.0.77")
+	simLease := lease.Lease{Subnet: netip.MustParsePrefix("10.244.77.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("198.18.0.77")}}
+	if err := h2.b.Reconcile(context.Background(), append(tp.peersOf(h2), simLease)); err != nil {
+		t.Fatal(err)
+	}
 	rx := listenIn(t, h2.pod, netip.AddrPortFrom(h2.podIP, 9999))
 	to := netip.AddrPortFrom(h2.ip, DefaultPort)
-	fromPod1 := netip.AddrPortFrom(h1.podIP, 5555)
+	fromSim := netip.AddrPortFrom(netip.MustParseAddr("10.244.77.5"), 5555)
 	dstPod2 := netip.AddrPortFrom(h2.podIP, 9999)
 
 	before := h2.b.Stats()
-	sendFrom(t, tp.stray, to, udpInner(fromPod1, dstPod2, "stranger"))
-	sendFrom(t, tp.stray, to, udpInner(netip.AddrPortFrom(netip.MustParseAddr("10.244.99.1"), 1), dstPod2, "stranger2"))
-	good := udpInner(fromPod1, dstPod2, "peer")
-	sendFrom(t, h1.name, to, good[:len(good)-1])                                              // truncated
-	sendFrom(t, h1.name, to, udpInner(netip.AddrPortFrom(h3.podIP, 5555), dstPod2, "h3's"))   // inner source of another peer
-	sendFrom(t, h1.name, to, udpInner(fromPod1, netip.AddrPortFrom(h2.ip, 9999), "underlay")) // inner destination outside the subnet
-	sendFrom(t, h1.name, to, good)
+	sendFrom(t, tp.stray, DefaultPort, to, udpInner(fromSim, dstPod2, "stranger"))
+	sendFrom(t, tp.stray, DefaultPort, to, udpInner(netip.AddrPortFrom(h1.podIP, 1), dstPod2, "stranger2"))
+	good := udpInner(fromSim, dstPod2, "peer")
+	sendFrom(t, sim, DefaultPort+1, to, good)                                                         // not from the udp port
+	sendFrom(t, sim, DefaultPort, to, good[:len(good)-1])                                             // truncated
+	sendFrom(t, sim, DefaultPort, to, udpInner(netip.AddrPortFrom(h1.podIP, 5555), dstPod2, "h1's"))  // inner source of another peer
+	sendFrom(t, sim, DefaultPort, to, udpInner(fromSim, netip.AddrPortFrom(h2.ip, 9999), "underlay")) // inner destination outside the subnet
+	sendFrom(t, sim, DefaultPort, to, good)
 
 	rx.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 100)
@@ -388,7 +407,7 @@ func TestKernelSpoofing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the well-formed datagram from the peer did not arrive: %v", err)
 	}
-	if string(buf[:n]) != "peer" || from != fromPod1 {
+	if string(buf[:n]) != "peer" || from != fromSim {
 		t.Fatalf("pod received %q from %s: a refused datagram got through", buf[:n], from)
 	}
 	// The refused datagrams were sent first; anything else arriving now
@@ -398,7 +417,7 @@ func TestKernelSpoofing(t *testing.T) {
 		t.Fatalf("pod received %q from %s: a refused datagram got through", buf[:n], from)
 	}
 	after := h2.b.Stats()
-	for reason, want := range map[string]uint64{"unknown-sender": 2, "length": 1, "inner-src": 1, "inner-dst": 1} {
+	for reason, want := range map[string]uint64{"unknown-sender": 2, "sender-port": 1, "length": 1, "inner-src": 1, "inner-dst": 1} {
 		if got := after.RxDropped[reason] - before.RxDropped[reason]; got != want {
 			t.Errorf("RxDropped[%s] grew by %d, want %d (stats %+v)", reason, got, want, after)
 		}

@@ -44,6 +44,9 @@ const (
 	verdictNoPeer
 	// verdictUnknownSender: the datagram's source is no current peer.
 	verdictUnknownSender
+	// verdictSenderPort: the datagram comes from a peer's address but not
+	// from the backend's port (peers send from the port they listen on).
+	verdictSenderPort
 )
 
 var verdictNames = [...]string{
@@ -58,6 +61,7 @@ var verdictNames = [...]string{
 	verdictInnerSrc:      "inner-src",
 	verdictNoPeer:        "no-peer",
 	verdictUnknownSender: "unknown-sender",
+	verdictSenderPort:    "sender-port",
 }
 
 func (v verdict) String() string {

@@ -35,6 +35,8 @@ type table struct {
 	byLen []lenTable
 	// senders is the set of peers' PublicIPs.
 	senders map[uint32]struct{}
+	// port is the UDP port peers send from and to.
+	port uint16
 }
 
 type lenTable struct {
@@ -72,7 +74,7 @@ func prefix32(p netip.Prefix) subnet32 {
 // wins. Two leases of the same subnet conflict: the most recently written
 // one is kept.
 func buildTable(network, own netip.Prefix, ownIP netip.Addr, port uint16, peers []lease.Lease) (*table, []error) {
-	t := &table{own: own.Masked(), network: network.Masked(), senders: make(map[uint32]struct{})}
+	t := &table{own: own.Masked(), network: network.Masked(), senders: make(map[uint32]struct{}), port: port}
 	if own.IsValid() && own.Addr().Is4() {
 		t.own32, t.ownOK = prefix32(own), true
 	}
@@ -165,13 +167,19 @@ func (t *table) lookup(dst uint32) int {
 }
 
 // checkInbound decides about pkt, a datagram's payload that arrived from
-// sender: it must come from a current peer, be a well-formed IPv4 packet,
+// sender:port: it must come from a current peer's address and from the
+// backend's port (a peer sends from the socket it listens on; a pod on the
+// peer whose traffic is masqueraded to the peer's address does not), be a
+// well-formed IPv4 packet,
 // carry an inner source that routes back to that peer (the longest match of
 // the source is one of the peer's subnets) and an inner destination inside
 // this host's subnet.
-func (t *table) checkInbound(pkt []byte, sender uint32) verdict {
+func (t *table) checkInbound(pkt []byte, sender uint32, port uint16) verdict {
 	if _, ok := t.senders[sender]; !ok {
 		return verdictUnknownSender
+	}
+	if port != t.port {
+		return verdictSenderPort
 	}
 	if v := checkIPv4(pkt); v != verdictForward {
 		return v

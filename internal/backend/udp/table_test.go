@@ -113,22 +113,33 @@ func TestCheckInbound(t *testing.T) {
 		pkt    []byte
 		sender string
 		want   verdict
+		port   uint16
 	}{
-		{"peer to pod", ipv4Packet("10.244.2.5", "10.244.1.7", 63, 6, make([]byte, 20)), "198.18.0.12", verdictForward},
-		{"second subnet", ipv4Packet("10.244.3.5", "10.244.1.7", 63, 6, nil), "198.18.0.12", verdictForward},
-		{"peer's TUN address", ipv4Packet("10.244.4.0", "10.244.1.0", 64, 1, nil), "198.18.0.14", verdictForward},
-		{"not a peer", ipv4Packet("10.244.2.5", "10.244.1.7", 63, 6, nil), "198.19.0.66", verdictUnknownSender},
-		{"own address", ipv4Packet("10.244.2.5", "10.244.1.7", 63, 6, nil), "198.18.0.11", verdictUnknownSender},
-		{"inner source of another peer", ipv4Packet("10.244.4.5", "10.244.1.7", 63, 6, nil), "198.18.0.12", verdictInnerSrc},
-		{"inner source outside", ipv4Packet("8.8.8.8", "10.244.1.7", 63, 6, nil), "198.18.0.12", verdictInnerSrc},
-		{"inner destination elsewhere", ipv4Packet("10.244.2.5", "198.18.0.11", 63, 6, nil), "198.18.0.12", verdictInnerDst},
-		{"inner destination of another peer", ipv4Packet("10.244.2.5", "10.244.4.1", 63, 6, nil), "198.18.0.12", verdictInnerDst},
-		{"source in a nested subnet of another peer", ipv4Packet("10.244.65.5", "10.244.1.7", 63, 6, nil), "198.18.0.14", verdictInnerSrc},
-		{"source in the wide reservation", ipv4Packet("10.244.66.5", "10.244.1.7", 63, 6, nil), "198.18.0.14", verdictForward},
-		{"garbage", []byte{1, 2, 3}, "198.18.0.12", verdictShort},
+		{"peer to pod", ipv4Packet("10.244.2.5", "10.244.1.7", 63, 6, make([]byte, 20)), "198.18.0.12", verdictForward, 0},
+		{"second subnet", ipv4Packet("10.244.3.5", "10.244.1.7", 63, 6, nil), "198.18.0.12", verdictForward, 0},
+		{"peer's TUN address", ipv4Packet("10.244.4.0", "10.244.1.0", 64, 1, nil), "198.18.0.14", verdictForward, 0},
+		{"not a peer", ipv4Packet("10.244.2.5", "10.244.1.7", 63, 6, nil), "198.19.0.66", verdictUnknownSender, 0},
+		{"own address", ipv4Packet("10.244.2.5", "10.244.1.7", 63, 6, nil), "198.18.0.11", verdictUnknownSender, 0},
+		{"inner source of another peer", ipv4Packet("10.244.4.5", "10.244.1.7", 63, 6, nil), "198.18.0.12", verdictInnerSrc, 0},
+		{"inner source outside", ipv4Packet("8.8.8.8", "10.244.1.7", 63, 6, nil), "198.18.0.12", verdictInnerSrc, 0},
+		{"inner destination elsewhere", ipv4Packet("10.244.2.5", "198.18.0.11", 63, 6, nil), "198.18.0.12", verdictInnerDst, 0},
+		{"inner destination of another peer", ipv4Packet("10.244.2.5", "10.244.4.1", 63, 6, nil), "198.18.0.12", verdictInnerDst, 0},
+		{"source in a nested subnet of another peer", ipv4Packet("10.244.65.5", "10.244.1.7", 63, 6, nil), "198.18.0.14", verdictInnerSrc, 0},
+		{"source in the wide reservation", ipv4Packet("10.244.66.5", "10.244.1.7", 63, 6, nil), "198.18.0.14", verdictForward, 0},
+		{"garbage", []byte{1, 2, 3}, "198.18.0.12", verdictShort, 0},
 	}
+	cases = append(cases, struct {
+		name   string
+		pkt    []byte
+		sender string
+		want   verdict
+		port   uint16
+	}{"peer's address, another port", cases[0].pkt, "198.18.0.12", verdictSenderPort, 40000})
 	for _, c := range cases {
-		if got := tbl.checkInbound(c.pkt, a32(c.sender)); got != c.want {
+		if c.port == 0 {
+			c.port = 8285
+		}
+		if got := tbl.checkInbound(c.pkt, a32(c.sender), c.port); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
@@ -179,7 +190,7 @@ func FuzzTable(f *testing.F) {
 		}
 		var pkt [20]byte
 		binary.BigEndian.PutUint32(pkt[16:], dst)
-		_ = tbl.checkInbound(pkt[:], dst)
+		_ = tbl.checkInbound(pkt[:], dst, uint16(dst))
 	})
 }
 
@@ -204,7 +215,7 @@ func FuzzDecap(f *testing.F) {
 		if fromPeer {
 			sender = a32("198.18.0.12")
 		}
-		v := tbl.checkInbound(pkt, sender)
+		v := tbl.checkInbound(pkt, sender, 8285)
 		if v != verdictForward {
 			if out := make([]byte, icmpMaxLen); len(pkt) >= 20 && checkIPv4(pkt) == verdictForward && icmpErrorAllowed(pkt) {
 				n := buildICMPError(out, pkt, 1, 3, 0)
@@ -245,7 +256,7 @@ func BenchmarkCheckInbound(b *testing.B) {
 	sender := a32("198.18.0.12")
 	b.SetBytes(int64(len(pkt)))
 	for b.Loop() {
-		if tbl.checkInbound(pkt, sender) != verdictForward {
+		if tbl.checkInbound(pkt, sender, 8285) != verdictForward {
 			b.Fatal("refused")
 		}
 	}
