@@ -358,4 +358,3 @@ func benchLab(b *testing.B, spec lab.Spec) *lab.Lab {
 	}
 	return l
 }
-
