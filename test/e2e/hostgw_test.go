@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/routes"
 	"golang.org/x/sys/unix"
 )
@@ -293,4 +295,52 @@ func BenchmarkHostGWPodToPod(b *testing.B) {
 		b.ReportMetric(p, "pod-Gbit/s")
 		b.ReportMetric(p/u, "ratio")
 	}
+}
+
+// TestHostGWPeerLeaseAddedAndDeleted: a lease written into etcd for a peer
+// on the underlay (a synthetic one, 198.18.0.99) is routed by every host,
+// and deleting it takes the route away everywhere, while every weftd keeps
+// running.
+func TestHostGWPeerLeaseAddedAndDeleted(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "host-gw"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := l.Store(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	used := map[netip.Prefix]bool{}
+	for i := 1; i <= 3; i++ {
+		used[subnetOf(t, l, i)] = true
+	}
+	var peer netip.Prefix
+	for third := 250; third > 0; third-- {
+		if p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(third), 0}), 24); !used[p] {
+			peer = p
+			break
+		}
+	}
+	gw := netip.MustParseAddr("198.18.0.99")
+	synthetic := lease.Lease{Subnet: peer, Attrs: lease.Attrs{PublicIP: gw, BackendType: "host-gw"}}
+	if err := st.PutLeases(ctx, []lease.Lease{synthetic}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		took := eventually(t, 5*time.Second, fmt.Sprintf("h%d routes the new peer %s", i, peer), func() bool {
+			r, ok := hostRoutes(t, l, i)[peer]
+			return ok && r.Gw.Equal(gw.AsSlice())
+		})
+		t.Logf("h%d: route to %s after %s", i, peer, took.Round(time.Millisecond))
+	}
+	if err := st.DeleteLease(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		eventually(t, 5*time.Second, fmt.Sprintf("h%d drops the deleted peer %s", i, peer), func() bool {
+			_, ok := hostRoutes(t, l, i)[peer]
+			return !ok
+		})
+	}
+	checkHostGWRoutes(t, l)
 }
