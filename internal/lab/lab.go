@@ -13,6 +13,7 @@
 //
 //	namespaces  weft-NAME-ul          br0 198.18.0.1/24 (etcd), br1, ports h<i>
 //	            weft-NAME-rt          router between segments (only if used)
+//	            weft-NAME-out         eth0 198.18.0.253/24: the world outside
 //	            weft-NAME-h<i>        eth0 198.18.<seg>.(10+i)/24, cni0, weftd
 //	            weft-NAME-h<i>-p<j>   eth0 with an address from h<i>'s subnet
 //	files       /run/weft/lab/NAME/   lab.json, etcd/, etcd.sock, etcd.log,
@@ -120,11 +121,11 @@ func Up(ctx context.Context, spec Spec) (l *Lab, err error) {
 	if err := RequireRoot(); err != nil {
 		return nil, err
 	}
-	if spec.Attacher == nil {
-		spec.Attacher = BridgeAttacher{}
-	}
 	if err := resolveBinaries(&spec); err != nil {
 		return nil, err
+	}
+	if spec.Attacher == nil {
+		spec.Attacher = defaultAttacher(&spec) // CNI when the weft plugin is found (cni.go)
 	}
 	if exists, err := Exists(spec.Name); err != nil {
 		return nil, err
@@ -179,6 +180,9 @@ func Up(ctx context.Context, spec Spec) (l *Lab, err error) {
 	set := newNSSet()
 	defer set.close()
 	if err := buildUnderlay(&spec, set); err != nil {
+		return nil, err
+	}
+	if err := buildOutside(&spec, set); err != nil {
 		return nil, err
 	}
 	if err := l.startEtcd(ctx, set.ns[ulNS(spec.Name)]); err != nil {

@@ -67,7 +67,9 @@ type Spec struct {
 	// SkipReachability makes Up return once the pods exist, without
 	// waiting for every pod to reach every other.
 	SkipReachability bool `json:"skip_reachability,omitempty"`
-	// Attacher connects pods to their host; nil means [BridgeAttacher].
+	// Attacher connects pods to their host; nil means [CNIAttacher] when
+	// the weft plugin sits next to weftd or weftctl (or on $PATH), else
+	// [BridgeAttacher].
 	// It is not saved in lab.json: Load uses the bridge attacher's name
 	// only for reporting.
 	Attacher PodAttacher `json:"-"`

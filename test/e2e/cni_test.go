@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/masq"
+	"github.com/weft-net/weft/internal/netnsutil"
+)
+
+// TestCNILab: a 3-host lab whose pods were attached by the weft CNI plugin
+// (through libcni) with weftd masquerading. Pods reach each other keeping
+// their own addresses; a pod reaches the outside namespace, which sees the
+// host's underlay address.
+func TestCNILab(t *testing.T) {
+	for _, backend := range []string{"host-gw", "vxlan"} {
+		t.Run(backend, func(t *testing.T) { testCNILab(t, backend) })
+	}
+}
+
+func testCNILab(t *testing.T, backend string) {
+	requireBinaries(t)
+	if bin.weft == "" {
+		t.Fatal("the weft CNI plugin (cmd/weft) was not built")
+	}
+	masqArgs := map[int][]string{1: {"--ip-masq"}, 2: {"--ip-masq"}, 3: {"--ip-masq"}}
+	att := lab.CNIAttacher{PluginDir: bin.dir}
+	// Up waits until every pod reaches every other pod.
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 2, Backend: backend, HostArgs: masqArgs, Attacher: att})
+	st := l.State()
+	if len(st.Pods) != 6 {
+		t.Fatalf("%d pods, want 6", len(st.Pods))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// The pods are the plugin's: their allocations are on disk, and CHECK
+	// through libcni confirms each attachment.
+	for _, p := range st.Pods {
+		h, err := l.Host(p.HostIndex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(st.Dir, h.Name, "cni", lab.NetworkName, p.IP)); err != nil {
+			t.Errorf("pod %s: no allocation file for %s: %v", p.Name, p.IP, err)
+		}
+		list, err := att.ConfList(st.Dir, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cni := att.Runtime(st.Dir, h)
+		if err := netnsutil.DoNamed(h.Netns, func() error { return cni.CheckNetworkList(ctx, list, lab.PodRuntimeConf(st.Name, p)) }); err != nil {
+			t.Errorf("CNI CHECK of pod %s: %v", p.Name, err)
+		}
+	}
+	m, err := l.Reachability(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.All() {
+		t.Fatalf("pods cannot reach each other: %v", m.Missing())
+	}
+
+	// weftd --ip-masq put Weft's table in every host.
+	for _, h := range st.Hosts {
+		var rules []string
+		if err := netnsutil.DoNamed(h.Netns, func() (err error) { rules, err = masq.Rules(); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if len(rules) == 0 {
+			t.Errorf("host %s has no masquerade rules", h.Name)
+		}
+	}
+
+	src, err := l.Pod(1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1, _ := l.Host(1)
+	outNS, outAddr := l.Outside()
+	got := udpSource(t, src.Netns, outNS, outAddr)
+	t.Logf("pod %s (%s) -> outside %s: the outside sees %s", src.Name, src.IP, outAddr, got)
+	if got != netip.MustParseAddr(h1.UnderlayIP) {
+		t.Errorf("pod %s to the outside: source %s, want host h1's underlay address %s", src.Name, got, h1.UnderlayIP)
+	}
+	for _, dst := range []struct{ host, pod int }{{2, 1}, {3, 2}, {1, 2}} {
+		p, err := l.Pod(dst.host, dst.pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := udpSource(t, src.Netns, p.Netns, netip.MustParseAddr(p.IP)); got.String() != src.IP {
+			t.Errorf("pod %s to pod %s: source %s, want the pod's own %s", src.Name, p.Name, got, src.IP)
+		}
+	}
+
+	// DEL through libcni frees the address.
+	victim, _ := l.Pod(2, 2)
+	h2, _ := l.Host(2)
+	if err := l.DetachPod(ctx, att, victim); err != nil {
+		t.Fatalf("CNI DEL of %s: %v", victim.Name, err)
+	}
+	if _, err := os.Stat(filepath.Join(st.Dir, h2.Name, "cni", lab.NetworkName, victim.IP)); !os.IsNotExist(err) {
+		t.Errorf("allocation of %s still on disk after DEL (%v)", victim.IP, err)
+	}
+}
+
+// udpSource sends a datagram from namespace from to dst (a socket opened in
+// namespace to) and returns the source address the receiver saw.
+func udpSource(t *testing.T, from, to string, dst netip.Addr) netip.Addr {
+	t.Helper()
+	var conn *net.UDPConn
+	if err := netnsutil.DoNamed(to, func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: dst.AsSlice()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	port := conn.LocalAddr().(*net.UDPAddr).Port
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 16)
+	// Resend until a datagram arrives: the first may be lost while the
+	// path's neighbours resolve.
+	for time.Now().Before(deadline) {
+		if err := netnsutil.DoNamed(from, func() error {
+			c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: dst.AsSlice(), Port: port})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write([]byte("weft"))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, src, err := conn.ReadFromUDPAddrPort(buf)
+		if err == nil {
+			return src.Addr().Unmap()
+		}
+	}
+	t.Fatalf("no datagram from %s reached %s in %s", from, dst, to)
+	return netip.Addr{}
+}
