@@ -26,7 +26,7 @@ embedded etcd at 198.18.0.1 (also on a unix socket under /run/weft/lab/NAME),
 one weftd per host and pods attached to each host's cni0 bridge. Nothing is
 added to the root namespace. Needs root.`,
 	}
-	cmd.AddCommand(newLabUpCmd(), newLabStatusCmd(), newLabDownCmd(), newLabRestartCmd())
+	cmd.AddCommand(newLabUpCmd(), newLabStatusCmd(), newLabDownCmd(), newLabRestartCmd(), newLabEnvCmd())
 	return cmd
 }
 
@@ -130,9 +130,12 @@ func newLabStatusCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show a lab's hosts, subnets, weftd processes and pods",
+		Short: "Show a lab's hosts, subnets, weftd processes and pods (without --name: list the labs)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if name == "" {
+				return listLabs(cmd)
+			}
 			l, err := lab.Load(name)
 			if err != nil {
 				return err
@@ -153,9 +156,51 @@ func newLabStatusCmd() *cobra.Command {
 			return st.WriteTable(cmd.OutOrStdout(), m)
 		},
 	}
-	cmd.Flags().StringVar(&name, "name", "", "lab name (required)")
+	cmd.Flags().StringVar(&name, "name", "", "lab name")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&ping, "ping", false, "also ping every pod from every other and print the matrix")
+	return cmd
+}
+
+// listLabs prints one line per lab.
+func listLabs(cmd *cobra.Command) error {
+	names, err := lab.List()
+	if err != nil {
+		return err
+	}
+	if len(names) == 0 {
+		fmt.Fprintln(cmd.OutOrStdout(), "no labs")
+		return nil
+	}
+	for _, n := range names {
+		l, err := lab.Load(n)
+		if err != nil {
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\t(broken: %v; remove it with weftctl lab down --name %s)\n", n, err, n)
+			continue
+		}
+		st := l.State()
+		fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%d hosts\t%d pods\n", st.Name, st.Spec.Backend, len(st.Hosts), len(st.Pods))
+	}
+	return nil
+}
+
+func newLabEnvCmd() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:     "env",
+		Short:   "Print the environment that points weftctl at a lab's etcd (through its unix socket)",
+		Example: `  eval "$(weftctl lab env --name demo)"; weftctl leases list`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "export WEFTCTL_ETCD_ENDPOINTS=%s\n", l.State().Etcd)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "lab name (required)")
 	_ = cmd.MarkFlagRequired("name")
 	return cmd
 }
