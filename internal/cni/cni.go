@@ -214,13 +214,18 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		defer store.Close()
 		errs = append(errs, store.Locked(func() error { _, err := store.Release(args.ContainerID, args.IfName); return err }))
 	}
-	errs = append(errs, removeContainerLink(args.Netns, args.IfName))
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("netlink: %w", err))...)
 	}
 	defer h.Close()
-	errs = append(errs, removeHostVeth(h, hostVethName(conf.Name, args.ContainerID, args.IfName)))
+	// Deleting the host end takes the container end with it; only when
+	// there is no host end of weft's naming look inside the container.
+	found, err := removeHostVeth(h, hostVethName(conf.Name, args.ContainerID, args.IfName))
+	errs = append(errs, err)
+	if !found {
+		errs = append(errs, removeContainerLink(args.Netns, args.IfName))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return types.NewError(types.ErrInternal, err.Error(), "")
 	}
@@ -270,22 +275,24 @@ func removeContainerLink(nsPath, ifName string) error {
 	return nil
 }
 
-func removeHostVeth(h *netlink.Handle, name string) error {
+// removeHostVeth deletes the host end of a pair and reports whether there
+// was one.
+func removeHostVeth(h *netlink.Handle, name string) (bool, error) {
 	l, err := h.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("host interface %s: %w", name, err)
+		return false, fmt.Errorf("host interface %s: %w", name, err)
 	}
 	if _, ok := l.(*netlink.Veth); !ok {
-		return nil
+		return false, nil
 	}
 	if err := h.LinkDel(l); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete host interface %s: %w", name, err)
+		return true, fmt.Errorf("delete host interface %s: %w", name, err)
 	}
-	return nil
+	return true, nil
 }
 
 func isNotFound(err error) bool {
@@ -347,7 +354,8 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		} else {
 			for _, a := range freed {
 				if a.IfName != "" {
-					errs = append(errs, removeHostVeth(h, hostVethName(conf.Name, a.ContainerID, a.IfName)))
+					_, err := removeHostVeth(h, hostVethName(conf.Name, a.ContainerID, a.IfName))
+					errs = append(errs, err)
 				}
 			}
 			h.Close()

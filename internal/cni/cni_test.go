@@ -51,7 +51,7 @@ func TestMain(m *testing.M) {
 // testHost is one host: a namespace where the runtime runs plugins, its
 // subnet.env and the plugin's data directory.
 type testHost struct {
-	t          *testing.T
+	tb         testing.TB
 	ns         string
 	dir        string
 	subnetFile string
@@ -64,7 +64,7 @@ func newHost(t *testing.T) *testHost {
 	cnitest.RequireRoot(t)
 	dir := t.TempDir()
 	h := &testHost{
-		t:          t,
+		tb:         t,
 		ns:         cnitest.NewNS(t, cnitest.NSName("c", "host")),
 		dir:        dir,
 		subnetFile: filepath.Join(dir, "run", "subnet.env"),
@@ -75,30 +75,30 @@ func newHost(t *testing.T) *testHost {
 }
 
 func (h *testHost) writeEnv(subnet string, ipMasq bool) subnetenv.Env {
-	h.t.Helper()
+	h.tb.Helper()
 	env := subnetenv.New(netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix(subnet), 1450, ipMasq)
 	if err := subnetenv.Write(h.subnetFile, env); err != nil {
-		h.t.Fatal(err)
+		h.tb.Fatal(err)
 	}
 	return env
 }
 
 // list returns a conflist with the weft plugin (and extra entries after it).
 func (h *testHost) list(version, weftOpts string, extra ...string) *libcni.NetworkConfigList {
-	h.t.Helper()
+	h.tb.Helper()
 	if weftOpts != "" {
 		weftOpts = "," + weftOpts
 	}
 	plugins := append([]string{fmt.Sprintf(`{"type":"weft","subnetFile":%q,"dataDir":%q%s}`, h.subnetFile, h.dataDir, weftOpts)}, extra...)
 	l, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":%q,"name":"weftnet","plugins":[%s]}`, version, strings.Join(plugins, ","))))
 	if err != nil {
-		h.t.Fatal(err)
+		h.tb.Fatal(err)
 	}
 	return l
 }
 
 func (h *testHost) pod(name string) string {
-	return cnitest.NewNS(h.t, cnitest.NSName("c", name))
+	return cnitest.NewNS(h.tb, cnitest.NSName("c", name))
 }
 
 func (h *testHost) add(l *libcni.NetworkConfigList, id, podNS string) (*types100.Result, error) {
@@ -110,10 +110,10 @@ func (h *testHost) add(l *libcni.NetworkConfigList, id, podNS string) (*types100
 }
 
 func (h *testHost) mustAdd(l *libcni.NetworkConfigList, id, podNS string) *types100.Result {
-	h.t.Helper()
+	h.tb.Helper()
 	r, err := h.add(l, id, podNS)
 	if err != nil {
-		h.t.Fatalf("ADD %s: %v", id, err)
+		h.tb.Fatalf("ADD %s: %v", id, err)
 	}
 	return r
 }
