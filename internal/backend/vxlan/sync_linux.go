@@ -28,11 +28,12 @@ const userHZ = 100
 // syncStats counts what one sync changed.
 type syncStats struct {
 	fdbAdded, neighAdded, neighRemoved, fdbRemoved int
+	routesAdded                                    int
 	routes                                         routes.Result
 }
 
 func (s syncStats) changed() bool {
-	return s.fdbAdded+s.neighAdded+s.neighRemoved+s.fdbRemoved+s.routes.Added+s.routes.Replaced+s.routes.Removed > 0
+	return s.fdbAdded+s.neighAdded+s.neighRemoved+s.fdbRemoved+s.routesAdded+s.routes.Added+s.routes.Replaced+s.routes.Removed > 0
 }
 
 func ipOf(b []byte) netip.Addr {
@@ -80,32 +81,33 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		return st, fmt.Errorf("list neighbours of %s: %w", b.s.device, err)
 	}
 	var errs []error
+	bt, err := newBatcher(b.host.NetNS)
+	if err != nil {
+		return st, err
+	}
+	defer bt.close()
 
 	// Adds: FDB first, then neighbours.
 	if static {
-		haveFDB := make(map[hwAddr]netip.Addr, len(fdbs))
+		haveFDB := make(map[hwAddr]bool, len(fdbs))
 		for _, f := range fdbs {
 			if f.LinkIndex != idx || f.State&netlink.NUD_PERMANENT == 0 {
 				continue
 			}
 			if m, err := toHwAddr(f.HardwareAddr); err == nil {
 				if p := t.byMAC[m]; p != nil && ipOf(f.IP) == p.public {
-					haveFDB[m] = p.public
+					haveFDB[m] = true
 				}
 			}
 		}
 		for _, p := range t.peers {
-			if p.direct {
-				continue
+			if !p.direct && !haveFDB[p.mac] {
+				bt.setFDB(idx, p.mac, p.public, netlink.NUD_PERMANENT)
+				st.fdbAdded++
 			}
-			if _, ok := haveFDB[p.mac]; ok {
-				continue
-			}
-			if err := h.NeighSet(fdbEntry(idx, p.mac, p.public, netlink.NUD_PERMANENT)); err != nil {
-				errs = append(errs, fmt.Errorf("FDB entry %s → %s for %s: %w", p.mac, p.public, p.subnet, err))
-				continue
-			}
-			st.fdbAdded++
+		}
+		if err := bt.done(); err != nil {
+			errs = append(errs, err)
 		}
 		haveNeigh := make(map[netip.Addr]hwAddr, len(neighs))
 		for _, n := range neighs {
@@ -123,11 +125,11 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 			if m, ok := haveNeigh[p.subnet.Addr()]; ok && m == p.mac {
 				continue
 			}
-			if err := h.NeighSet(neighEntry(idx, p.subnet.Addr(), p.mac, netlink.NUD_PERMANENT)); err != nil {
-				errs = append(errs, fmt.Errorf("neighbour %s → %s for %s: %w", p.subnet.Addr(), p.mac, p.subnet, err))
-				continue
-			}
+			bt.setNeigh(idx, p.subnet.Addr(), p.mac, netlink.NUD_PERMANENT)
 			st.neighAdded++
+		}
+		if err := bt.done(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 
@@ -151,6 +153,14 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 			return false
 		}
 		return r.LinkIndex == idx || (underlay != 0 && r.LinkIndex == underlay)
+	}
+	// New gateway routes go in first, batched and with a spread metric (see
+	// routeMetric); package routes then finds them in place and does the
+	// rest: changes, removals, routes Weft did not make.
+	added, err := b.addNewRoutes(bt, want)
+	st.routesAdded = added
+	if err != nil {
+		errs = append(errs, err)
 	}
 	res, err := routes.Sync(h, unix.AF_INET, want, owned)
 	st.routes = res
@@ -197,11 +207,11 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		if keep {
 			continue
 		}
-		if err := h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, IP: n.IP}); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove neighbour %s: %w", ip, err))
-			continue
-		}
+		bt.delNeigh(idx, ip)
 		st.neighRemoved++
+	}
+	if err := bt.done(); err != nil {
+		errs = append(errs, ignoreMissing(err))
 	}
 	for _, f := range fdbs {
 		if f.LinkIndex != idx {
@@ -225,11 +235,58 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		if keep {
 			continue
 		}
-		if err := h.NeighDel(fdbEntry(idx, m, dst, 0)); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove FDB entry %s → %s: %w", m, dst, err))
-			continue
-		}
+		bt.delFDB(idx, m, dst)
 		st.fdbRemoved++
 	}
+	if err := bt.done(); err != nil {
+		errs = append(errs, ignoreMissing(err))
+	}
 	return st, errors.Join(errs...)
+}
+
+// ignoreMissing drops "no such entry" failures from a joined error: the
+// entry is gone, which is what a removal wanted.
+func ignoreMissing(err error) error {
+	var keep []error
+	for _, e := range unwrapJoined(err) {
+		if !errors.Is(e, unix.ENOENT) && !errors.Is(e, unix.ESRCH) {
+			keep = append(keep, e)
+		}
+	}
+	return errors.Join(keep...)
+}
+
+func unwrapJoined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err == nil {
+		return nil
+	}
+	return []error{err}
+}
+
+// addNewRoutes adds, in one batch, the desired gateway routes whose
+// destination has no route in the main table yet.
+func (b *Backend) addNewRoutes(bt *batcher, want []routes.Route) (int, error) {
+	cur, err := b.host.Netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return 0, fmt.Errorf("list routes: %w", err)
+	}
+	taken := make(map[netip.Prefix]bool, len(cur))
+	for _, r := range cur {
+		if r.Dst == nil {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		taken[netip.PrefixFrom(ipOf(r.Dst.IP), ones)] = true
+	}
+	n := 0
+	for _, r := range want {
+		if r.Gw.IsValid() && !taken[r.Dst] {
+			bt.addRoute(r, routeMetric(r.Dst))
+			n++
+		}
+	}
+	return n, bt.done()
 }
