@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -108,7 +109,8 @@ func iperf3Gbps(t testing.TB, client, server, dst string, secs int) float64 {
 		out, err := exec.Command("ip", "netns", "exec", client, "iperf3", "-c", dst, "-t", strconv.Itoa(secs), "-A", "0", "-J").Output()
 		if err == nil {
 			var r struct {
-				End struct {
+				Error string `json:"error"`
+				End   struct {
 					SumReceived struct {
 						BitsPerSecond float64 `json:"bits_per_second"`
 					} `json:"sum_received"`
@@ -117,7 +119,11 @@ func iperf3Gbps(t testing.TB, client, server, dst string, secs int) float64 {
 			if err := json.Unmarshal(out, &r); err != nil {
 				t.Fatalf("iperf3 JSON: %v", err)
 			}
-			return r.End.SumReceived.BitsPerSecond / 1e9
+			if r.Error == "" {
+				return r.End.SumReceived.BitsPerSecond / 1e9
+			}
+			// iperf3 -J exits 0 even when it could not connect.
+			err = fmt.Errorf("iperf3: %s", r.Error)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("iperf3 -c %s in %s: %v\n%s", dst, client, err, out)

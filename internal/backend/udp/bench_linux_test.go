@@ -27,7 +27,8 @@ func iperf3(t testing.TB, client, server, dst string, secs int) float64 {
 		out, err := exec.Command("ip", "netns", "exec", client, "iperf3", "-c", dst, "-t", strconv.Itoa(secs), "-A", "0", "-J").Output()
 		if err == nil {
 			var r struct {
-				End struct {
+				Error string `json:"error"`
+				End   struct {
 					SumReceived struct {
 						BitsPerSecond float64 `json:"bits_per_second"`
 					} `json:"sum_received"`
@@ -36,10 +37,11 @@ func iperf3(t testing.TB, client, server, dst string, secs int) float64 {
 			if err := json.Unmarshal(out, &r); err != nil {
 				t.Fatalf("iperf3 output: %v", err)
 			}
-			if r.End.SumReceived.BitsPerSecond == 0 {
-				t.Logf("iperf3 reported nothing received:\n%s", out)
+			if r.Error == "" {
+				return r.End.SumReceived.BitsPerSecond / 1e9
 			}
-			return r.End.SumReceived.BitsPerSecond / 1e9
+			// iperf3 -J exits 0 even when it could not connect.
+			err = fmt.Errorf("iperf3: %s", r.Error)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("iperf3 -c %s from %s: %v\n%s", dst, client, err, out)

@@ -33,6 +33,7 @@ const (
 // counters are the packet path's statistics, updated atomically.
 type counters struct {
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
+	txBatches, rxBatches                   atomic.Uint64
 	txDrops, rxDrops                       [len(verdictNames)]atomic.Uint64
 	icmpSent                               atomic.Uint64
 	readErrors, sendErrors, writeErrors    atomic.Uint64
@@ -46,6 +47,10 @@ type Stats struct {
 	// RxPackets and RxBytes count packets received from peers and written
 	// into the TUN device.
 	RxPackets, RxBytes uint64
+	// TxBatches and RxBatches count the reads from the TUN device and the
+	// receive calls on the socket that returned packets: packets per batch
+	// show how well the offloads work.
+	TxBatches, RxBatches uint64
 	// TxDropped counts packets from the TUN device not sent, by reason
 	// (e.g. "no-peer"); RxDropped counts datagrams refused, by reason
 	// (e.g. "unknown-sender", "length", "checksum", "inner-src").
@@ -63,6 +68,7 @@ func (b *Backend) Stats() Stats {
 	s := Stats{
 		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(),
 		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
+		TxBatches: c.txBatches.Load(), RxBatches: c.rxBatches.Load(),
 		TxDropped: map[string]uint64{}, RxDropped: map[string]uint64{},
 		ICMPSent:   c.icmpSent.Load(),
 		ReadErrors: c.readErrors.Load(), SendErrors: c.sendErrors.Load(), WriteErrors: c.writeErrors.Load(),
@@ -231,6 +237,7 @@ func (b *Backend) routineTUNToPeers(bind conn.Bind) {
 				logf("udp: send to peer", err)
 			}
 		}
+		b.stats.txBatches.Add(1)
 		b.stats.txPackets.Add(uint64(sent))
 		b.stats.txBytes.Add(txBytes)
 		if len(icmpOut) > 0 {
@@ -268,6 +275,7 @@ func (b *Backend) routinePeersToTUN(recv conn.ReceiveFunc, batch int) {
 			logf("udp: receive", err)
 			continue
 		}
+		b.stats.rxBatches.Add(1)
 		t := b.tbl.Load()
 		out = out[:0]
 		var rxBytes uint64
