@@ -1,0 +1,505 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/backend/vxlan/peergen"
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// vxlanModes are the backend configs of the VXLAN tests that run in both
+// modes.
+var vxlanModes = map[string]string{
+	"static":   `{"Type":"vxlan"}`,
+	"reactive": `{"Type":"vxlan","Mode":"reactive"}`,
+}
+
+// vtepMAC returns the MAC of flannel.1 on host i.
+func vtepMAC(t *testing.T, l *lab.Lab, i int) string {
+	t.Helper()
+	h := nlHandle(t, l, i)
+	defer h.Close()
+	link, err := h.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatalf("h%d: flannel.1: %v", i, err)
+	}
+	return link.Attrs().HardwareAddr.String()
+}
+
+// leaseMACs returns every lease's published VtepMAC by subnet.
+func leaseMACs(t *testing.T, l *lab.Lab) map[netip.Prefix]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := l.Store(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ls, err := st.Leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[netip.Prefix]string{}
+	for _, le := range ls {
+		var d struct {
+			VNI     int
+			VtepMAC string
+		}
+		if le.Attrs.BackendType != "vxlan" || json.Unmarshal(le.Attrs.BackendData, &d) != nil || d.VNI != 1 {
+			t.Errorf("lease %s: BackendType %q BackendData %s, want vxlan with VNI 1", le.Subnet, le.Attrs.BackendType, le.Attrs.BackendData)
+		}
+		out[le.Subnet] = d.VtepMAC
+	}
+	return out
+}
+
+// TestVXLANAllPairs: three hosts, two pods each, in static and reactive
+// mode; every pod reaches every other, each host's device is flannel's
+// (VNI 1, port 8472, learning off, MTU 1450) and its MAC is the one in its
+// lease.
+func TestVXLANAllPairs(t *testing.T) {
+	for mode, cfg := range vxlanModes {
+		t.Run(mode, func(t *testing.T) {
+			l := upLab(t, lab.Spec{Hosts: 3, Pods: 2, Backend: "vxlan", BackendConfig: json.RawMessage(cfg)})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			m, err := l.Reachability(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !m.All() {
+				t.Fatalf("unreachable: %v", m.Missing())
+			}
+			macs := leaseMACs(t, l)
+			for i := 1; i <= 3; i++ {
+				h := nlHandle(t, l, i)
+				link, err := h.LinkByName("flannel.1")
+				h.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				v := link.(*netlink.Vxlan)
+				if v.VxlanId != 1 || v.Port != 8472 || v.Learning || v.MTU != 1450 {
+					t.Errorf("h%d flannel.1: VNI %d port %d learning %v MTU %d", i, v.VxlanId, v.Port, v.Learning, v.MTU)
+				}
+				if (mode == "reactive") != (v.L2miss && v.L3miss) {
+					t.Errorf("h%d flannel.1 in %s mode: l2miss %v l3miss %v", i, mode, v.L2miss, v.L3miss)
+				}
+				if got, want := v.HardwareAddr.String(), macs[subnetOf(t, l, i)]; got != want {
+					t.Errorf("h%d: device MAC %s, lease VtepMAC %s", i, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestVXLANRestartLosesNothing: a pod pings a pod on another host every
+// 10 ms while weftd restarts on both hosts (SIGTERM, then SIGKILL); no echo
+// is lost and the VtepMACs do not change.
+func TestVXLANRestartLosesNothing(t *testing.T) {
+	requireTool(t, "ping")
+	for mode, cfg := range vxlanModes {
+		t.Run(mode, func(t *testing.T) {
+			l := upLab(t, lab.Spec{Hosts: 2, Pods: 1, Backend: "vxlan", BackendConfig: json.RawMessage(cfg)})
+			before := []string{vtepMAC(t, l, 1), vtepMAC(t, l, 2)}
+			src, _ := l.Pod(1, 1)
+			dst, _ := l.Pod(2, 1)
+			const count = 600
+			p := startPing(t, src.Netns, dst.IP, "-i", "0.01", "-c", strconv.Itoa(count), "-W", "1")
+			eventually(t, 5*time.Second, "first echo reply", func() bool { return p.Replies() > 0 })
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			for _, step := range []struct {
+				host int
+				sig  syscall.Signal
+			}{{1, syscall.SIGTERM}, {2, syscall.SIGKILL}} {
+				if err := l.RestartAgent(ctx, step.host, step.sig); err != nil {
+					t.Fatalf("restart weftd on h%d (%s): %v", step.host, step.sig, err)
+				}
+				n := p.Replies()
+				eventually(t, 5*time.Second, "replies after the restart", func() bool { return p.Replies() >= n+50 })
+			}
+			if p.Replies() >= count {
+				t.Fatal("ping finished before the restarts did")
+			}
+			st, out, err := p.Wait(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Transmitted != count || st.Lost() != 0 {
+				t.Fatalf("%d of %d echoes lost across two restarts:\n%s", st.Lost(), st.Transmitted, out[max(0, len(out)-400):])
+			}
+			after := []string{vtepMAC(t, l, 1), vtepMAC(t, l, 2)}
+			if before[0] != after[0] || before[1] != after[1] {
+				t.Errorf("VtepMACs changed across restarts: %v -> %v", before, after)
+			}
+		})
+	}
+}
+
+// TestVXLANDeviceDeletedHealed: flannel.1 deleted by hand is recreated
+// within the resync period with every entry replayed (flannel recreates the
+// device but not the entries), with the same MAC.
+func TestVXLANDeviceDeletedHealed(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "vxlan", ResyncPeriod: 2 * time.Second})
+	mac := vtepMAC(t, l, 1)
+	h := nlHandle(t, l, 1)
+	link, err := h.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(link); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	took := eventually(t, 10*time.Second, "h1 pod reaches h2 and h3 pods again", func() bool {
+		for _, j := range []int{2, 3} {
+			dst, _ := l.Pod(j, 1)
+			if l.Ping(ctx, "h1-p1", dst.IP) != nil {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("healed in %s (resync period 2s)", took.Round(time.Millisecond))
+	if got := vtepMAC(t, l, 1); got != mac {
+		t.Errorf("recreated device has MAC %s, want %s", got, mac)
+	}
+	m, err := l.Reachability(ctx)
+	if err != nil || !m.All() {
+		t.Fatalf("after healing: %v %v", err, m.Missing())
+	}
+}
+
+// TestVXLANDirectRouting: hosts 1 and 2 share an underlay segment, host 3
+// is behind a router. With DirectRouting, 1 and 2 route to each other
+// without encapsulation; host 3 is reached over VXLAN; all pods reach all.
+func TestVXLANDirectRouting(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "vxlan", Segments: map[int]int{3: 1},
+		BackendConfig: json.RawMessage(`{"Type":"vxlan","DirectRouting":true}`)})
+	h2, _ := l.Host(2)
+	rs := hostRoutes(t, l, 1)
+	h := nlHandle(t, l, 1)
+	defer h.Close()
+	devOf := func(r netlink.Route) string {
+		link, err := h.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			return "?"
+		}
+		return link.Attrs().Name
+	}
+	if r, ok := rs[subnetOf(t, l, 2)]; !ok || devOf(r) != "eth0" || r.Gw.String() != h2.UnderlayIP {
+		t.Errorf("h1 -> h2 (same segment): route %v, want via %s dev eth0", r, h2.UnderlayIP)
+	}
+	if r, ok := rs[subnetOf(t, l, 3)]; !ok || devOf(r) != "flannel.1" {
+		t.Errorf("h1 -> h3 (behind a router): route %v, want dev flannel.1", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := l.Reachability(ctx)
+	if err != nil || !m.All() {
+		t.Fatalf("reachability: %v %v", err, m.Missing())
+	}
+}
+
+// TestVXLANMixedModes: host 2 runs reactive mode (--backend-override), hosts
+// 1 and 3 static; all pods reach all.
+func TestVXLANMixedModes(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "vxlan",
+		HostArgs: map[int][]string{2: {"--backend-override", `{"Mode":"reactive"}`}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := l.Reachability(ctx)
+	if err != nil || !m.All() {
+		t.Fatalf("reachability: %v %v", err, m.Missing())
+	}
+	h := nlHandle(t, l, 2)
+	defer h.Close()
+	link, err := h.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := link.(*netlink.Vxlan); !v.L3miss {
+		t.Error("h2 did not switch to reactive mode")
+	}
+}
+
+// TestVXLANMalformedLeaseSkipped: a lease whose VtepMAC is not a MAC is
+// skipped with a warning naming it; every host keeps serving the others.
+func TestVXLANMalformedLeaseSkipped(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 2, Pods: 1, Backend: "vxlan", ResyncPeriod: 2 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := l.Store(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bad := lease.Lease{Subnet: netip.MustParsePrefix("10.244.250.0/24"), Attrs: lease.Attrs{
+		PublicIP: netip.MustParseAddr("198.18.0.99"), BackendType: "vxlan",
+		BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"zz:zz"}`)}}
+	if err := st.PutLeases(ctx, []lease.Lease{bad}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		hs, _ := l.Host(i)
+		eventually(t, 10*time.Second, fmt.Sprintf("h%d logs the bad lease", i), func() bool {
+			b, _ := os.ReadFile(hs.Log)
+			return strings.Contains(string(b), "10.244.250.0/24") && strings.Contains(string(b), "VtepMAC")
+		})
+		if _, ok := hostRoutes(t, l, i)[bad.Subnet]; ok {
+			t.Errorf("h%d routes the malformed lease", i)
+		}
+	}
+	dst, _ := l.Pod(2, 1)
+	if err := l.Ping(ctx, "h1-p1", dst.IP); err != nil {
+		t.Errorf("h1-p1 -> h2-p1 with a malformed lease present: %v", err)
+	}
+}
+
+// BenchmarkVXLANPodToPod measures TCP throughput pod to pod across two
+// hosts over VXLAN against the underlay in the same run (iperf3 -A 0,1,
+// 4 s, alternating, median of three), and the round trip added over the
+// underlay (ping, 200 echoes each, median of the per-run averages). Run:
+//
+//	go test -run '^$' -bench VXLANPodToPod -benchtime 1x ./test/e2e
+func BenchmarkVXLANPodToPod(b *testing.B) {
+	requireTool(b, "iperf3")
+	requireTool(b, "ping")
+	l := benchLab(b, lab.Spec{Hosts: 2, Pods: 1, Backend: "vxlan"})
+	h1, _ := l.Host(1)
+	h2, _ := l.Host(2)
+	p1, _ := l.Pod(1, 1)
+	p2, _ := l.Pod(2, 1)
+	iperfServer(b, h2.Netns, 5201)
+	iperfServer(b, p2.Netns, 5201)
+	const d = 4 * time.Second
+	for i := 0; i < b.N; i++ {
+		var ul, pod, ulRTT, podRTT []float64
+		for range 3 {
+			ul = append(ul, iperfGbps(b, h1.Netns, h2.UnderlayIP, 5201, d, "-A", "0,1"))
+			pod = append(pod, iperfGbps(b, p1.Netns, p2.IP, 5201, d, "-A", "0,1"))
+			ulRTT = append(ulRTT, avgRTT(b, h1.Netns, h2.UnderlayIP))
+			podRTT = append(podRTT, avgRTT(b, p1.Netns, p2.IP))
+		}
+		u, p := median(ul), median(pod)
+		ur, pr := median(ulRTT), median(podRTT)
+		b.Logf("underlay %.2f Gbit/s %v, pod->pod %.2f Gbit/s %v, ratio %.3f; RTT underlay %.1f µs, pod %.1f µs, added %.1f µs",
+			u, ul, p, pod, p/u, ur, pr, pr-ur)
+		b.ReportMetric(u, "underlay-Gbit/s")
+		b.ReportMetric(p, "pod-Gbit/s")
+		b.ReportMetric(p/u, "ratio")
+		b.ReportMetric(pr-ur, "added-RTT-µs")
+	}
+}
+
+// avgRTT pings dst 200 times, 2 ms apart, and returns the average round
+// trip in µs.
+func avgRTT(b testing.TB, ns, dst string) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := inNS(ctx, ns, "ping", "-q", "-c", "200", "-i", "0.002", dst)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// rtt min/avg/max/mdev = 0.041/0.052/0.120/0.010 ms
+	i := strings.Index(out, "= ")
+	if i < 0 {
+		b.Fatalf("no rtt line:\n%s", out)
+	}
+	f := strings.Split(out[i+2:], "/")
+	avg, err := strconv.ParseFloat(f[1], 64)
+	if err != nil {
+		b.Fatalf("rtt line: %v\n%s", err, out)
+	}
+	return avg * 1000
+}
+
+// BenchmarkVXLANControlPlane measures one host with 5000 synthetic peers
+// (weftctl peers generate's leases): the time from the last etcd write to
+// all 5000 routes, neighbours and FDB entries being programmed, with all
+// leases in one transaction and in 50 transactions of 100; a cold start
+// (weftd started on a host with no datapath: the device removed) until all
+// are programmed; and weftd's resident memory. Run:
+//
+//	go test -run '^$' -bench VXLANControlPlane -benchtime 1x ./test/e2e
+func BenchmarkVXLANControlPlane(b *testing.B) {
+	const n = 5000
+	l := benchLab(b, lab.Spec{Hosts: 1, Pods: 0, Backend: "vxlan", Network: "10.0.0.0/8", SkipReachability: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st, err := l.Store(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	cfg, err := st.GetConfig(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	own := subnetOfB(b, l, 1)
+	peers, err := peergen.Leases(cfg, peergen.Options{Count: n, BackendType: "vxlan", Taken: map[netip.Prefix]bool{own: true}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs, _ := l.Host(1)
+	for i := 0; i < b.N; i++ {
+		for _, batch := range []int{n, 100} {
+			start := time.Now()
+			for j := 0; j < n; j += batch {
+				if err := st.PutLeases(ctx, peers[j:min(j+batch, n)], 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+			last := time.Now()
+			waitProgrammed(b, l, n)
+			took := time.Since(last)
+			b.Logf("%d peers in transactions of %d: written in %s, programmed %s after the last write", n, batch, last.Sub(start).Round(time.Millisecond), took.Round(time.Millisecond))
+			b.ReportMetric(took.Seconds(), fmt.Sprintf("s-programmed-txn%d", batch))
+			if batch == n {
+				hs, _ = l.Host(1)
+				rss := rssMB(b, hs.PID)
+				b.Logf("weftd RSS with %d peers: %.1f MB", n, rss)
+				b.ReportMetric(rss, "weftd-RSS-MB")
+			}
+			for _, p := range peers {
+				if err := st.DeleteLease(ctx, p.Subnet); err != nil {
+					b.Fatal(err)
+				}
+			}
+			waitProgrammed(b, l, 0)
+		}
+		// Cold start: the leases are in etcd, the host has no datapath.
+		if err := st.PutLeases(ctx, peers, 0); err != nil {
+			b.Fatal(err)
+		}
+		waitProgrammed(b, l, n)
+		if err := l.StopAgent(ctx, 1, syscall.SIGTERM); err != nil {
+			b.Fatal(err)
+		}
+		h := nlHandleB(b, l, 1)
+		if link, err := h.LinkByName("flannel.1"); err == nil {
+			_ = h.LinkDel(link)
+		}
+		h.Close()
+		start := time.Now()
+		if err := l.StartAgent(ctx, 1); err != nil {
+			b.Fatal(err)
+		}
+		ready := time.Since(start)
+		waitProgrammed(b, l, n)
+		cold := time.Since(start)
+		b.Logf("cold start with %d peers: ready after %s, all programmed after %s", n, ready.Round(time.Millisecond), cold.Round(time.Millisecond))
+		b.ReportMetric(cold.Seconds(), "s-cold-start")
+		hs, _ = l.Host(1)
+		b.ReportMetric(rssMB(b, hs.PID), "weftd-RSS-MB-cold")
+		for _, p := range peers {
+			_ = st.DeleteLease(ctx, p.Subnet)
+		}
+	}
+}
+
+// waitProgrammed polls host 1 (1 ms apart) until it holds exactly n Weft
+// routes, n permanent neighbours and n permanent FDB entries on flannel.1.
+func waitProgrammed(b *testing.B, l *lab.Lab, n int) {
+	b.Helper()
+	h := nlHandleB(b, l, 1)
+	defer h.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if countProgrammed(h) == [3]int{n, n, n} {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("not programmed within 60s: routes/neighbours/FDB %v, want %d each", countProgrammed(h), n)
+		}
+		time.Sleep(time.Millisecond) // polling the kernel: no event to wait on
+	}
+}
+
+func countProgrammed(h *netlink.Handle) [3]int {
+	var c [3]int
+	link, err := h.LinkByName("flannel.1")
+	if err != nil {
+		return c
+	}
+	idx := link.Attrs().Index
+	rs, _ := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: 87, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	c[0] = len(rs)
+	ns, _ := h.NeighList(idx, unix.AF_INET)
+	for _, e := range ns {
+		if e.State == netlink.NUD_PERMANENT {
+			c[1]++
+		}
+	}
+	fs, _ := h.NeighList(idx, unix.AF_BRIDGE)
+	for _, e := range fs {
+		if e.State == netlink.NUD_PERMANENT && e.LinkIndex == idx && e.HardwareAddr[0]&1 == 0 {
+			c[2]++
+		}
+	}
+	return c
+}
+
+func rssMB(b *testing.B, pid int) float64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
+
+func subnetOfB(b *testing.B, l *lab.Lab, i int) netip.Prefix {
+	b.Helper()
+	hs, _ := l.Host(i)
+	p, err := netip.ParsePrefix(hs.Subnet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// nlHandleB is nlHandle for benchmarks.
+func nlHandleB(b *testing.B, l *lab.Lab, i int) *netlink.Handle {
+	b.Helper()
+	hs, err := l.Host(i)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ns, err := netns.GetFromName(hs.Netns)
+	if err != nil {
+		b.Fatalf("namespace %s: %v", hs.Netns, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		b.Fatalf("netlink in %s: %v", hs.Netns, err)
+	}
+	return h
+}
