@@ -144,7 +144,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	mtu := conf.mtu(env)
-	host, err := addVeth(h, vethSpec{hostName: hostName, ifName: args.IfName, mtu: mtu, bridge: br, hairpin: conf.HairpinMode, container: int(cns.Fd())})
+	host, err := addVeth(h, vethSpec{hostName: hostName, ifName: args.IfName, mtu: mtu, bridge: br, hairpin: conf.HairpinMode, container: int(cns.Fd()), mac: podMAC(addr)})
 	if err != nil {
 		return err
 	}

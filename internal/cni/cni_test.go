@@ -215,6 +215,26 @@ func TestAddCheckDel(t *testing.T) {
 		t.Error(err)
 	}
 
+	// A runtime that retries ADD gets the same attachment back.
+	if again := podAddr(t, h.mustAdd(l, "ctr-a", podA)); again != a {
+		t.Errorf("second ADD of ctr-a gave %s, want %s", again, a)
+	}
+	if err := ping(t, podB, a); err != nil {
+		t.Error(err)
+	}
+	if got := h.allocations(); len(got) != 2 {
+		t.Errorf("allocations after a repeated ADD: %v, want 2", got)
+	}
+
+	if eth0, err = ph.LinkByName("eth0"); err != nil {
+		t.Fatal(err)
+	}
+	ab := a.As4()
+	if want := fmt.Sprintf("0a:58:%02x:%02x:%02x:%02x", ab[0], ab[1], ab[2], ab[3]); eth0.Attrs().HardwareAddr.String() != want {
+		t.Errorf("pod MAC %s, want %s (derived from the address)", eth0.Attrs().HardwareAddr, want)
+	}
+	routes, _ = ph.RouteList(eth0, netlink.FAMILY_V4)
+
 	ctx := context.Background()
 	rtA := cnitest.Attachment("ctr-a", podA, "eth0")
 	if err := h.rt.Check(ctx, l, rtA); err != nil {

@@ -29,6 +29,15 @@ func bridgeMAC(gw netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x0e, 0x77, a[0], a[1], a[2], a[3]}
 }
 
+// podMAC derives the pod interface's address from its IPv4 address. A pod
+// attached again (a retried ADD) or a new pod given a released address keeps
+// the MAC its neighbours have cached for that address, so no stale ARP entry
+// blackholes it.
+func podMAC(a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x0a, 0x58, b[0], b[1], b[2], b[3]}
+}
+
 // ensureBridge makes sure the host bridge exists, is up and holds the
 // gateway address (gw with the subnet's length). A different address inside
 // network (left from an older lease of this host) is replaced; addresses
@@ -107,7 +116,8 @@ type vethSpec struct {
 	mtu       int
 	bridge    netlink.Link
 	hairpin   bool
-	container int // fd of the container's network namespace
+	container int              // fd of the container's network namespace
+	mac       net.HardwareAddr // the container end's address
 }
 
 // addVeth creates the pair in one request, the container end directly in the
@@ -120,7 +130,7 @@ func addVeth(h *netlink.Handle, s vethSpec) (netlink.Link, error) {
 	la.MTU = s.mtu
 	la.Flags = net.FlagUp
 	la.MasterIndex = s.bridge.Attrs().Index
-	veth := &netlink.Veth{LinkAttrs: la, PeerName: s.ifName, PeerMTU: uint32(s.mtu), PeerNamespace: netlink.NsFd(s.container)}
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: s.ifName, PeerMTU: uint32(s.mtu), PeerHardwareAddr: s.mac, PeerNamespace: netlink.NsFd(s.container)}
 	err := h.LinkAdd(veth)
 	if errors.Is(err, unix.EEXIST) {
 		old, lerr := h.LinkByName(s.hostName)
