@@ -1,7 +1,6 @@
 package udp
 
 import (
-	"context"
 	"errors"
 	"net"
 	"os"
@@ -103,26 +102,32 @@ func newBuffers(n, off int) *buffers {
 	return bb
 }
 
-// run starts the packet path: one routine from the TUN device to the peers,
-// one per receive function from the peers to the TUN device. When ctx ends
-// it closes the socket and detaches from the device, waits for the
-// routines, and closes b.done.
-func (b *Backend) run(ctx context.Context, bind conn.Bind, recvs []conn.ReceiveFunc) {
-	var wg sync.WaitGroup
-	wg.Go(func() { b.routineTUNToPeers(bind) })
+// datapath is one running instance of the packet path: the attached TUN
+// device, the socket and the routines moving packets between them.
+type datapath struct {
+	dev  *tunDevice
+	bind conn.Bind
+	wg   sync.WaitGroup
+}
+
+// startDatapath starts the packet path over dev and bind: one routine from
+// the TUN device to the peers, one per receive function from the peers to
+// the TUN device.
+func (b *Backend) startDatapath(dev *tunDevice, bind conn.Bind, recvs []conn.ReceiveFunc) *datapath {
+	dp := &datapath{dev: dev, bind: bind}
+	dp.wg.Go(func() { b.routineTUNToPeers(dev, bind) })
 	for _, recv := range recvs {
-		wg.Go(func() { b.routinePeersToTUN(recv, bind.BatchSize()) })
+		dp.wg.Go(func() { b.routinePeersToTUN(dev, recv, bind.BatchSize()) })
 	}
-	go func() {
-		<-ctx.Done()
-		errs := errors.Join(bind.Close(), b.dev.Close())
-		wg.Wait()
-		if errs != nil {
-			b.host.Log.Warn("udp: close", "err", errs)
-		}
-		b.host.Log.Info("udp datapath stopped; TUN device left in place", "device", b.opts.Device)
-		close(b.done)
-	}()
+	return dp
+}
+
+// stop closes the socket and detaches from the TUN device (which stays),
+// and waits for the routines to return.
+func (dp *datapath) stop() error {
+	err := errors.Join(dp.bind.Close(), dp.dev.Close())
+	dp.wg.Wait()
+	return err
 }
 
 // group is the packets of one batch that go to one peer.
@@ -133,8 +138,8 @@ type group struct {
 
 // routineTUNToPeers reads batches from the TUN device, looks up each
 // packet's peer and sends each peer's packets in one batch (UDP GSO).
-func (b *Backend) routineTUNToPeers(bind conn.Bind) {
-	batch := b.dev.BatchSize()
+func (b *Backend) routineTUNToPeers(dev *tunDevice, bind conn.Bind) {
+	batch := dev.BatchSize()
 	in := newBuffers(batch, 0)
 	icmp := newBuffers(icmpBurst, writeOffset)
 	var (
@@ -152,7 +157,7 @@ func (b *Backend) routineTUNToPeers(bind conn.Bind) {
 		}
 	}
 	for {
-		n, err := b.dev.Read(in.bufs, in.sizes, 0)
+		n, err := dev.Read(in.bufs, in.sizes, 0)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				return
@@ -241,7 +246,7 @@ func (b *Backend) routineTUNToPeers(bind conn.Bind) {
 		b.stats.txPackets.Add(uint64(sent))
 		b.stats.txBytes.Add(txBytes)
 		if len(icmpOut) > 0 {
-			if _, err := b.dev.Write(icmpOut, writeOffset); err != nil {
+			if _, err := dev.Write(icmpOut, writeOffset); err != nil {
 				b.stats.writeErrors.Add(1)
 				logf("udp: write ICMP error into TUN device", err)
 			} else {
@@ -254,7 +259,7 @@ func (b *Backend) routineTUNToPeers(bind conn.Bind) {
 // routinePeersToTUN receives batches of datagrams (UDP GRO), checks each
 // one and writes the accepted packets into the TUN device in one batch,
 // where TCP segments are coalesced again.
-func (b *Backend) routinePeersToTUN(recv conn.ReceiveFunc, batch int) {
+func (b *Backend) routinePeersToTUN(dev *tunDevice, recv conn.ReceiveFunc, batch int) {
 	in := newBuffers(batch, writeOffset)
 	eps := make([]conn.Endpoint, batch)
 	out := make([][]byte, 0, batch)
@@ -301,7 +306,7 @@ func (b *Backend) routinePeersToTUN(recv conn.ReceiveFunc, batch int) {
 		}
 		b.stats.rxPackets.Add(uint64(len(out)))
 		b.stats.rxBytes.Add(rxBytes)
-		if _, err := b.dev.Write(out, writeOffset); err != nil {
+		if _, err := dev.Write(out, writeOffset); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				return
 			}

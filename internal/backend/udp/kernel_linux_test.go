@@ -458,7 +458,7 @@ func TestKernelRestart(t *testing.T) {
 		t.Fatalf("no ping summary:\n%s", out.String())
 	}
 	loss := float64(sent-recv) / float64(sent)
-	t.Logf("restart under ping -i 0.01: %d sent, %d received, %.2f%% lost ", sent, recv, 100*loss)
+	t.Logf("restart under ping -i 0.01: %d sent, %d received, %.2f%% lost", sent, recv, 100*loss)
 	if loss >= 0.02 {
 		t.Errorf("%.2f%% of pings lost across a restart, want < 2%%", 100*loss)
 	}
@@ -475,4 +475,41 @@ func parsePingSummary(out string) (sent, recv int) {
 		}
 	}
 	return sent, recv
+}
+
+// TestKernelDeviceDeleted deletes the TUN device by hand: the next
+// Reconcile recreates it with its address and route and restarts the
+// packet path, and pods reach each other again.
+func TestKernelDeviceDeleted(t *testing.T) {
+	requirePing(t)
+	tp := newTopo(t, 2, `{"Type":"udp"}`)
+	for _, h := range tp.hosts {
+		tp.start(h)
+	}
+	h1, h2 := tp.hosts[0], tp.hosts[1]
+	pingEventually(t, h1.pod, h2.podIP)
+	link, err := h1.nl.LinkByName(DefaultDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.nl.LinkDel(link); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ping(h1.pod, h2.podIP, "-c", "1", "-W", "1"); err == nil {
+		t.Fatalf("ping works without the TUN device:\n%s", out)
+	}
+	if err := h1.b.Reconcile(context.Background(), tp.peersOf(h1)); err != nil {
+		t.Fatalf("Reconcile after the device was deleted: %v", err)
+	}
+	pingEventually(t, h1.pod, h2.podIP)
+	pingEventually(t, h2.pod, h1.podIP)
+	// A second Reconcile changes nothing.
+	before, _ := h1.nl.LinkByName(DefaultDevice)
+	if err := h1.b.Reconcile(context.Background(), tp.peersOf(h1)); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := h1.nl.LinkByName(DefaultDevice)
+	if before == nil || after == nil || before.Attrs().Index != after.Attrs().Index {
+		t.Errorf("second Reconcile replaced the device")
+	}
 }

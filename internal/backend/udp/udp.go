@@ -141,7 +141,8 @@ type Backend struct {
 	opts Options
 	mtu  int
 
-	// dev is the TUN device, set by Init.
+	// dev is the TUN device Init attached; Start hands it to the first
+	// datapath.
 	dev *tunDevice
 	own lease.Lease
 
@@ -150,10 +151,14 @@ type Backend struct {
 	// stats counts what the packet path did.
 	stats counters
 
+	// mu guards dp and stopped: Reconcile may replace the datapath while
+	// the end of Start's context stops it.
+	mu      sync.Mutex
+	dp      *datapath
+	stopped bool
 	// done is closed when the packet path has stopped after Start's ctx
 	// ended; nil before Start.
-	done     chan struct{}
-	stopOnce sync.Once
+	done chan struct{}
 }
 
 // New builds the backend for h from the raw Backend object; it touches
@@ -246,9 +251,46 @@ func (b *Backend) Start(ctx context.Context, own lease.Lease) error {
 	if err != nil {
 		return fmt.Errorf("udp: open UDP port %d: %w", b.opts.Port, err)
 	}
+	b.dp = b.startDatapath(b.dev, bind, recvs)
+	b.dev = nil // owned by the datapath now
 	b.done = make(chan struct{})
-	b.run(ctx, bind, recvs)
+	go func() {
+		<-ctx.Done()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.stopped = true
+		if err := b.dp.stop(); err != nil {
+			b.host.Log.Warn("udp: close", "err", err)
+		}
+		b.host.Log.Info("udp datapath stopped; TUN device left in place", "device", b.opts.Device)
+		close(b.done)
+	}()
 	b.host.Log.Info("udp datapath started", "device", b.opts.Device, "mtu", b.mtu, "port", b.opts.Port, "subnet", own.Subnet)
+	return nil
+}
+
+// restartDatapath replaces the packet path with a new one on a new TUN
+// device and socket, after the device was deleted under weftd's feet.
+func (b *Backend) restartDatapath() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped {
+		return errors.New("udp: stopped")
+	}
+	if err := b.dp.stop(); err != nil {
+		b.host.Log.Debug("udp: close the old datapath", "err", err)
+	}
+	dev, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu)
+	if err != nil {
+		return fmt.Errorf("udp: recreate TUN device: %w", err)
+	}
+	bind, recvs, err := openBind(b.host.NetNS, uint16(b.opts.Port))
+	if err != nil {
+		dev.Close()
+		return fmt.Errorf("udp: reopen UDP port %d: %w", b.opts.Port, err)
+	}
+	b.dp = b.startDatapath(dev, bind, recvs)
+	b.host.Log.Warn("udp: TUN device was gone; recreated it and restarted the datapath", "device", b.opts.Device)
 	return nil
 }
 
@@ -319,6 +361,16 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 	old := b.tbl.Swap(t)
 	if old == nil || len(old.peers) != len(t.peers) {
 		b.host.Log.Info("udp peers", "count", len(t.peers))
+	}
+	if _, err := b.host.Netlink.LinkByName(b.opts.Device); err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return errors.Join(append(errs, fmt.Errorf("udp: find TUN device %s: %w", b.opts.Device, err))...)
+		}
+		// Deleted by hand: the attached handle is dead. Recreate it.
+		if err := b.restartDatapath(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
 	}
 	if err := b.ensureLink(); err != nil {
 		errs = append(errs, err)
