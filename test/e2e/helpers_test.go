@@ -301,7 +301,7 @@ type bgPing struct {
 }
 
 // startPing starts `ping args... dst` inside ns.
-func startPing(t *testing.T, ns, dst string, args ...string) *bgPing {
+func startPing(t testing.TB, ns, dst string, args ...string) *bgPing {
 	t.Helper()
 	requireTool(t, "ping")
 	argv := append([]string{"netns", "exec", ns, "ping"}, args...)
@@ -383,7 +383,7 @@ func pollUntil(ctx context.Context, interval time.Duration, cond func() bool) er
 
 // eventually fails the test unless cond holds within timeout; it reports
 // what it waited for and how long it took.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

@@ -20,7 +20,7 @@ import (
 
 // hostRoutes returns host i's routes made by Weft (protocol 87), by
 // destination.
-func hostRoutes(t *testing.T, l *lab.Lab, i int) map[netip.Prefix]netlink.Route {
+func hostRoutes(t testing.TB, l *lab.Lab, i int) map[netip.Prefix]netlink.Route {
 	t.Helper()
 	h := nlHandle(t, l, i)
 	defer h.Close()
@@ -41,7 +41,7 @@ func hostRoutes(t *testing.T, l *lab.Lab, i int) map[netip.Prefix]netlink.Route 
 }
 
 // nlHandle returns a netlink handle inside host i's namespace.
-func nlHandle(t *testing.T, l *lab.Lab, i int) *netlink.Handle {
+func nlHandle(t testing.TB, l *lab.Lab, i int) *netlink.Handle {
 	t.Helper()
 	hs, err := l.Host(i)
 	if err != nil {
@@ -59,7 +59,7 @@ func nlHandle(t *testing.T, l *lab.Lab, i int) *netlink.Handle {
 	return h
 }
 
-func subnetOf(t *testing.T, l *lab.Lab, i int) netip.Prefix {
+func subnetOf(t testing.TB, l *lab.Lab, i int) netip.Prefix {
 	t.Helper()
 	hs, err := l.Host(i)
 	if err != nil {
@@ -74,7 +74,7 @@ func subnetOf(t *testing.T, l *lab.Lab, i int) netip.Prefix {
 
 // checkHostGWRoutes asserts that every host routes every peer's subnet via
 // the peer's underlay address, and nothing else.
-func checkHostGWRoutes(t *testing.T, l *lab.Lab) {
+func checkHostGWRoutes(t testing.TB, l *lab.Lab) {
 	t.Helper()
 	st := l.State()
 	for _, h := range st.Hosts {
