@@ -72,32 +72,30 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 	var st syncStats
 	h := b.host.Netlink
 	static := b.s.mode == ModeStatic
-	fdbs, err := h.NeighList(idx, unix.AF_BRIDGE)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return st, fmt.Errorf("list FDB of %s: %w", b.s.device, err)
-	}
-	neighs, err := h.NeighList(idx, unix.AF_INET)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return st, fmt.Errorf("list neighbours of %s: %w", b.s.device, err)
-	}
 	var errs []error
 	bt, err := newBatcher(b.host.NetNS)
 	if err != nil {
 		return st, err
 	}
 	defer bt.close()
+	fdbs, err := bt.listEntries(unix.AF_BRIDGE, idx)
+	if err != nil {
+		return st, fmt.Errorf("list FDB of %s: %w", b.s.device, err)
+	}
+	neighs, err := bt.listEntries(unix.AF_INET, idx)
+	if err != nil {
+		return st, fmt.Errorf("list neighbours of %s: %w", b.s.device, err)
+	}
 
 	// Adds: FDB first, then neighbours.
 	if static {
 		haveFDB := make(map[hwAddr]bool, len(fdbs))
 		for _, f := range fdbs {
-			if f.LinkIndex != idx || f.State&netlink.NUD_PERMANENT == 0 {
+			if f.state&netlink.NUD_PERMANENT == 0 || !f.hasMAC {
 				continue
 			}
-			if m, err := toHwAddr(f.HardwareAddr); err == nil {
-				if p := t.byMAC[m]; p != nil && ipOf(f.IP) == p.public {
-					haveFDB[m] = true
-				}
+			if p := t.byMAC[f.mac]; p != nil && f.ip == p.public {
+				haveFDB[f.mac] = true
 			}
 		}
 		for _, p := range t.peers {
@@ -111,11 +109,8 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		}
 		haveNeigh := make(map[netip.Addr]hwAddr, len(neighs))
 		for _, n := range neighs {
-			if n.LinkIndex != idx || n.State&netlink.NUD_PERMANENT == 0 {
-				continue
-			}
-			if m, err := toHwAddr(n.HardwareAddr); err == nil {
-				haveNeigh[ipOf(n.IP)] = m
+			if n.state&netlink.NUD_PERMANENT != 0 && n.hasMAC {
+				haveNeigh[n.ip] = n.mac
 			}
 		}
 		for _, p := range t.peers {
@@ -157,15 +152,19 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 	// New gateway routes go in first, batched and with a spread metric (see
 	// routeMetric); package routes then finds them in place and does the
 	// rest: changes, removals, routes Weft did not make.
-	added, err := b.addNewRoutes(bt, want)
+	added, inPlace, err := b.addNewRoutes(bt, want, owned)
 	st.routesAdded = added
 	if err != nil {
 		errs = append(errs, err)
 	}
-	res, err := routes.Sync(h, unix.AF_INET, want, owned)
-	st.routes = res
-	if err != nil {
-		errs = append(errs, err)
+	if inPlace && err == nil {
+		st.routes.Unchanged = len(want)
+	} else {
+		res, err := routes.Sync(h, unix.AF_INET, want, owned)
+		st.routes = res
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	// Reactive entries expire when their peer has not been sent anything
@@ -175,31 +174,24 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 	idle := map[hwAddr]bool{}
 	if !static {
 		for _, f := range fdbs {
-			if f.LinkIndex != idx || f.State&netlink.NUD_PERMANENT != 0 {
-				continue
-			}
-			if m, err := toHwAddr(f.HardwareAddr); err == nil && time.Duration(f.Used)*time.Second/userHZ > b.idle {
-				idle[m] = true
+			if f.state&netlink.NUD_PERMANENT == 0 && f.hasMAC && time.Duration(f.used)*time.Second/userHZ > b.idle {
+				idle[f.mac] = true
 			}
 		}
 	}
 
 	// Removals: neighbours, then FDB.
 	for _, n := range neighs {
-		if n.LinkIndex != idx {
-			continue
-		}
-		m, err := toHwAddr(n.HardwareAddr)
-		if err != nil {
+		if !n.hasMAC {
 			continue // no link-layer address: the kernel is resolving it
 		}
-		ip := ipOf(n.IP)
+		ip, m := n.ip, n.mac
 		p := t.lookupIP(ip)
 		var keep bool
 		switch {
-		case n.State&netlink.NUD_PERMANENT != 0:
+		case n.state&netlink.NUD_PERMANENT != 0:
 			keep = static && p != nil && !p.direct && ip == p.subnet.Addr() && p.mac == m
-		case n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
+		case n.state&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
 			keep = p != nil && !p.direct && p.mac == m && !idle[m]
 		default:
 			continue
@@ -214,20 +206,16 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		errs = append(errs, ignoreMissing(err))
 	}
 	for _, f := range fdbs {
-		if f.LinkIndex != idx {
-			continue
-		}
-		m, err := toHwAddr(f.HardwareAddr)
-		if err != nil {
+		if !f.hasMAC {
 			continue // zero (default destination) or multicast: not Weft's
 		}
+		m, dst := f.mac, f.ip
 		var keep bool
 		p := t.byMAC[m]
-		dst := ipOf(f.IP)
 		switch {
-		case f.State&netlink.NUD_PERMANENT != 0:
+		case f.state&netlink.NUD_PERMANENT != 0:
 			keep = static && p != nil && dst == p.public
-		case f.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
+		case f.state&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
 			keep = p != nil && dst == p.public && !idle[m]
 		default:
 			continue
@@ -267,26 +255,41 @@ func unwrapJoined(err error) []error {
 }
 
 // addNewRoutes adds, in one batch, the desired gateway routes whose
-// destination has no route in the main table yet.
-func (b *Backend) addNewRoutes(bt *batcher, want []routes.Route) (int, error) {
-	cur, err := b.host.Netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return 0, fmt.Errorf("list routes: %w", err)
+// destination has no route in the main table yet. inPlace reports that the
+// kernel's routes now match want exactly (every desired route present as
+// Weft's, no other route of Weft's that owned claims), so package routes has
+// nothing to do.
+func (b *Backend) addNewRoutes(bt *batcher, want []routes.Route, owned func(routes.Route) bool) (added int, inPlace bool, err error) {
+	cur, err := bt.listMainRoutes()
+	if err != nil {
+		return 0, false, fmt.Errorf("list routes: %w", err)
 	}
-	taken := make(map[netip.Prefix]bool, len(cur))
-	for _, r := range cur {
-		if r.Dst == nil {
+	inPlace = true
+	wanted := make(map[netip.Prefix]bool, len(want))
+	for _, r := range want {
+		wanted[r.Dst] = true
+		k, ok := cur[r.Dst]
+		switch {
+		case !ok && r.Gw.IsValid():
+			bt.addRoute(r, routeMetric(r.Dst))
+			added++
+		case !ok:
+			inPlace = false
+		case k.proto != uint8(routes.Protocol) || k.count != 1 || k.gw != r.Gw || k.oif != r.LinkIndex || k.onlink != r.OnLink:
+			inPlace = false
+		}
+	}
+	for dst, k := range cur {
+		if k.proto != uint8(routes.Protocol) || wanted[dst] || k.oif < 0 {
 			continue
 		}
-		ones, _ := r.Dst.Mask.Size()
-		taken[netip.PrefixFrom(ipOf(r.Dst.IP), ones)] = true
-	}
-	n := 0
-	for _, r := range want {
-		if r.Gw.IsValid() && !taken[r.Dst] {
-			bt.addRoute(r, routeMetric(r.Dst))
-			n++
+		if owned(routes.Route{Dst: dst, Gw: k.gw, LinkIndex: k.oif, OnLink: k.onlink}) {
+			inPlace = false
+			break
 		}
 	}
-	return n, bt.done()
+	if err := bt.done(); err != nil {
+		return added, false, err
+	}
+	return added, inPlace, nil
 }
