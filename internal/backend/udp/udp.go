@@ -159,6 +159,8 @@ type Backend struct {
 	// done is closed when the packet path has stopped after Start's ctx
 	// ended; nil before Start.
 	done chan struct{}
+	// reported is the drop counters as last logged by Reconcile.
+	reported map[string]uint64
 }
 
 // New builds the backend for h from the raw Backend object; it touches
@@ -180,6 +182,9 @@ func New(h backend.Host, raw json.RawMessage) (*Backend, error) {
 	}
 	if h.Log == nil {
 		return nil, errors.New("udp: host has no logger")
+	}
+	if h.Iface.MTU > 0 && mtu > h.Iface.MTU-Overhead {
+		h.Log.Warn("udp: Backend.MTU leaves no room for the outer headers on the underlay; datagrams will be fragmented", "mtu", mtu, "underlay", h.Iface.Name, "underlay_mtu", h.Iface.MTU)
 	}
 	return &Backend{host: h, opts: o, mtu: mtu}, nil
 }
@@ -372,6 +377,7 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 			return errors.Join(append(errs, err)...)
 		}
 	}
+	b.reportDrops()
 	if err := b.ensureLink(); err != nil {
 		errs = append(errs, err)
 	}
@@ -382,6 +388,30 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// reportDrops logs the datagrams and packets dropped since the last report,
+// by reason, so that refused traffic (a spoofing attempt, a misconfigured
+// peer) shows in the log at most once per reconciliation.
+func (b *Backend) reportDrops() {
+	st := b.Stats()
+	now := make(map[string]uint64, len(st.RxDropped)+len(st.TxDropped))
+	for k, v := range st.RxDropped {
+		now["rx-"+k] = v
+	}
+	for k, v := range st.TxDropped {
+		now["tx-"+k] = v
+	}
+	var attrs []any
+	for k, v := range now {
+		if d := v - b.reported[k]; d > 0 {
+			attrs = append(attrs, k, d)
+		}
+	}
+	b.reported = now
+	if len(attrs) > 0 {
+		b.host.Log.Info("udp: packets dropped since the last reconciliation", attrs...)
+	}
 }
 
 // Done returns a channel closed once the packet path has stopped (after
