@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -44,18 +45,32 @@ func run(t testing.TB, args ...string) string {
 	return string(out)
 }
 
-// removeStale deletes namespaces left by crashed runs of these tests.
+// Namespace names are nsPrefix + <pid of the test process> + "x" + random:
+// removeStale deletes those of test processes that no longer run (a crashed
+// run), never those of a run still going.
 func removeStale(t testing.TB) {
 	ents, err := os.ReadDir("/run/netns")
 	if err != nil {
 		return
 	}
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), nsPrefix) {
-			// Only namespaces older than a minute: a parallel run's are young.
-			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
-				exec.Command("ip", "netns", "del", e.Name()).Run()
-			}
+		rest, ok := strings.CutPrefix(e.Name(), nsPrefix)
+		if !ok {
+			continue
+		}
+		pidStr, _, ok := strings.Cut(rest, "x")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil {
+			continue
+		}
+		if pid == os.Getpid() {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z") {
+			continue // alive
+		}
+		if err := exec.Command("ip", "netns", "del", e.Name()).Run(); err != nil {
+			t.Logf("remove stale namespace %s: %v", e.Name(), err)
 		}
 	}
 }
@@ -87,7 +102,7 @@ func newTopo(t testing.TB, n int, backendJSON string) *topo {
 	removeStale(t)
 	var rnd [3]byte
 	rand.Read(rnd[:])
-	sfx := hex.EncodeToString(rnd[:])
+	sfx := strconv.Itoa(os.Getpid()) + "x" + hex.EncodeToString(rnd[:])
 	tp := &topo{t: t, sfx: sfx, ul: nsPrefix + sfx + "-ul"}
 	var err error
 	tp.net, err = config.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":` + backendJSON + `}`))
@@ -304,9 +319,21 @@ func TestKernelPodToPod(t *testing.T) {
 	if out, err := ping(h1.pod, tp.hosts[2].podIP, "-c", "2", "-i", "0.2", "-s", "4000", "-W", "2"); err != nil {
 		t.Errorf("ping -s 4000: %v\n%s", err, out)
 	}
+	// TTL: the two hosts' kernels are the routers, the tunnel a link. A
+	// pod on another host is three hops away (h1, h2, the pod); with a TTL
+	// of 2 the packet expires in h2, whose kernel answers from its TUN
+	// address, and the answer crosses the tunnel back.
+	h2 := tp.hosts[1]
+	if out, err := ping(h1.pod, h2.podIP, "-c", "1", "-W", "2", "-t", "3"); err != nil {
+		t.Errorf("ping -t 3 to a pod on another host: %v\n%s", err, out)
+	}
+	out, _ := ping(h1.pod, h2.podIP, "-c", "1", "-W", "2", "-t", "2")
+	if want := "From " + h2.subnet.Addr().String() + " icmp_seq=1 Time to live exceeded"; !strings.Contains(out, want) {
+		t.Errorf("ping -t 2 to a pod on another host: want %q, got\n%s", want, out)
+	}
 	// A destination inside the network that no host holds.
-	out, _ := ping(h1.pod, netip.MustParseAddr("10.244.99.9"), "-c", "1", "-W", "2")
-	if !strings.Contains(out, "Unreachable") {
+	out, _ = ping(h1.pod, netip.MustParseAddr("10.244.99.9"), "-c", "1", "-W", "2")
+	if want := "From " + h1.subnet.Addr().String() + " icmp_seq=1 Destination Net Unreachable"; !strings.Contains(out, want) {
 		t.Errorf("ping to an unleased subnet: want Destination Net Unreachable, got\n%s", out)
 	}
 	if s := h1.b.Stats(); s.ICMPSent == 0 || s.TxDropped["no-peer"] == 0 {

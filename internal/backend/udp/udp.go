@@ -21,9 +21,12 @@
 // (and answers TTL expiry with ICMP time-exceeded), and the receiving host's
 // kernel does the same when it forwards the packet from the TUN device to
 // the pod. The tunnel between them is a link, so weftd leaves the TTL alone,
-// exactly as flannel (and the kernel's own tunnels) do; a traceroute across
-// the overlay shows the two hosts and the pod. weftd drops packets with TTL 0,
-// which no router emits. A destination inside the overlay network that no
+// as the kernel's own tunnels (and so Weft's vxlan backend) do: a pod is the
+// same number of hops away whatever the backend, and a traceroute across the
+// overlay shows each host that forwarded the packet. (flannel's udp proxy
+// decrements the TTL once more on each side and drops a packet whose TTL
+// reaches 0 without an ICMP time-exceeded, so its extra hops show as
+// silent ones.) weftd drops packets with TTL 0, which no router emits. A destination inside the overlay network that no
 // peer holds is answered with ICMP destination-unreachable (network
 // unreachable), following RFC 1812's rules on when not to answer and with a
 // rate limit.
