@@ -31,9 +31,9 @@ import (
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-// Versions are the CNI spec versions the plugin speaks: 1.1.0 and the older
-// ones libcni still sends.
-var Versions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+// Versions are the CNI spec versions the plugin speaks: 1.1.0 and every
+// older one (a configuration without cniVersion is 0.1.0).
+var Versions = version.All
 
 // About is printed when the plugin is run without CNI_COMMAND.
 const About = "weft CNI plugin: attaches containers to the Weft network (subnet from weftd's subnet.env)"

@@ -459,6 +459,42 @@ func TestNotReady(t *testing.T) {
 	h.mustAdd(l, "ctr-nr", pod)
 }
 
+// TestOldVersions: configurations of every spec version libcni sends,
+// including a single network file without cniVersion (0.1.0), attach a pod
+// and detach it.
+func TestOldVersions(t *testing.T) {
+	h := newHost(t)
+	h.writeEnv("10.244.10.0/24", true)
+	ctx := context.Background()
+	for i, v := range []string{"", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"} {
+		ver := ""
+		if v != "" {
+			ver = fmt.Sprintf(`"cniVersion":%q,`, v)
+		}
+		c, err := libcni.ConfFromBytes([]byte(fmt.Sprintf(`{%s"name":"weftnet","type":"weft","subnetFile":%q,"dataDir":%q}`, ver, h.subnetFile, h.dataDir)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := h.pod(fmt.Sprint("v", i))
+		rt := cnitest.Attachment(fmt.Sprint("ctr-v", i), pod, "eth0")
+		var res types.Result
+		err = cnitest.In(h.ns, func() (err error) { res, err = h.rt.CNI.AddNetwork(ctx, c, rt); return err })
+		if err != nil {
+			t.Fatalf("version %q: ADD: %v", v, err)
+		}
+		r := mustResult(t, res)
+		if len(r.IPs) != 1 || !netip.MustParsePrefix("10.244.10.0/24").Contains(podAddr(t, r)) {
+			t.Errorf("version %q: result %v", v, r)
+		}
+		if err := cnitest.In(h.ns, func() error { return h.rt.CNI.DelNetwork(ctx, c, rt) }); err != nil {
+			t.Errorf("version %q: DEL: %v", v, err)
+		}
+	}
+	if got := h.allocations(); len(got) != 0 {
+		t.Errorf("allocations left: %v", got)
+	}
+}
+
 // TestBadNetConf: a missing or wrong field gives a CNI error naming it.
 func TestBadNetConf(t *testing.T) {
 	h := newHost(t)
