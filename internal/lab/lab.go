@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"github.com/weft-net/weft/internal/backends"
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/netnsutil"
 	"github.com/weft-net/weft/internal/store"
 	"github.com/weft-net/weft/internal/subnetenv"
@@ -117,6 +119,14 @@ func Exists(name string) (bool, error) {
 func Up(ctx context.Context, spec Spec) (l *Lab, err error) {
 	if err := spec.normalize(); err != nil {
 		return nil, err
+	}
+	// Refuse a bad network config or backend option before making anything.
+	n, err := config.Parse(spec.networkConfig())
+	if err != nil {
+		return nil, fmt.Errorf("lab: network config: %w", err)
+	}
+	if err := backends.Validate(n); err != nil {
+		return nil, fmt.Errorf("lab: network config: %w", err)
 	}
 	if err := RequireRoot(); err != nil {
 		return nil, err
@@ -384,7 +394,7 @@ func (l *Lab) writeConfig(ctx context.Context) error {
 	defer st.Close()
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := st.SetConfig(wctx, l.state.Spec.networkConfig()); err != nil {
+	if err := st.SetConfig(wctx, l.state.Spec.networkConfig(), backends.Validate); err != nil {
 		return fmt.Errorf("lab %s: network config: %w", l.state.Name, err)
 	}
 	return nil

@@ -131,3 +131,24 @@ func TestStatusJSON(t *testing.T) {
 		t.Errorf("matrix: All=%v Missing=%v", m.All(), m.Missing())
 	}
 }
+
+// TestUpRefusesBadConfigFirst: a bad backend or option is refused with the
+// field named, before anything is created.
+func TestUpRefusesBadConfigFirst(t *testing.T) {
+	for _, tc := range []struct {
+		spec Spec
+		want string
+	}{
+		{Spec{Name: "zbadcfg", Hosts: 1, Backend: "nope"}, "Backend.Type"},
+		{Spec{Name: "zbadcfg", Hosts: 1, Backend: "vxlan", BackendConfig: json.RawMessage(`{"VNI":"x"}`)}, "Backend.VNI"},
+		{Spec{Name: "zbadcfg", Hosts: 1, Backend: "host-gw", Network: "10.0.0.0/30"}, "Network"},
+	} {
+		_, err := Up(t.Context(), tc.spec)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Up(%+v) = %v, want an error naming %s", tc.spec, err, tc.want)
+		}
+		if exists, _ := Exists("zbadcfg"); exists {
+			t.Fatalf("Up left something of lab zbadcfg behind")
+		}
+	}
+}
