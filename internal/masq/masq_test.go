@@ -1,6 +1,7 @@
 package masq_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"os"
@@ -291,4 +292,57 @@ func equal(a, b []uint64) bool {
 		}
 	}
 	return true
+}
+
+// TestKeep: while Keep runs, a deleted table or a foreign rule in Weft's
+// chain is put right at once, long before any resync.
+func TestKeep(t *testing.T) {
+	l := newLab(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- cnitest.In(l.host, func() error {
+			return masq.Keep(ctx, network, hostSubnet, func(err error) { t.Errorf("Keep: %v", err) })
+		})
+	}()
+	waitRules := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			rs := rules(t, l)
+			if len(rs) == 4 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: rules %q not restored within 3s", what, rs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitRules("start")
+	inHost(t, l, masq.Cleanup)
+	waitRules("after the table was deleted")
+	inHost(t, l, func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tbl := &nftables.Table{Name: masq.Table, Family: nftables.TableFamilyIPv4}
+		c.AddRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: masq.Chain, Table: tbl}, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+		return c.Flush()
+	})
+	waitRules("after a foreign rule was added")
+	// Traffic is masqueraded again.
+	if got := sourceSeen(t, l.pod, l.outside, netip.MustParseAddr("198.18.50.2")); got != netip.MustParseAddr("198.18.50.1") {
+		t.Errorf("pod to outside after repairs: source %s", got)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Keep returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Keep did not return after its context was cancelled")
+	}
 }
