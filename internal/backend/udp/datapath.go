@@ -192,7 +192,7 @@ func (b *Backend) routineTUNToPeers(dev *tunDevice, bind conn.Bind) {
 			}
 			if v != verdictForward {
 				b.stats.txDrops[v].Add(1)
-				if v == verdictNoPeer && len(icmpOut) < len(icmp.bufs) && icmpErrorAllowed(pkt) && lim.allow(time.Now()) {
+				if v == verdictNoPeer && t.complete && len(icmpOut) < len(icmp.bufs) && icmpErrorAllowed(pkt) && lim.allow(time.Now()) {
 					k := len(icmpOut)
 					m := buildICMPError(icmp.bufs[k], pkt, addr32(b.tunAddr()), icmpDestUnreachable, icmpCodeNetUnreach)
 					icmpOut = append(icmpOut, icmp.full[k][:writeOffset+m])

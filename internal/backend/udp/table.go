@@ -37,6 +37,10 @@ type table struct {
 	senders map[uint32]struct{}
 	// port is the UDP port peers send from and to.
 	port uint16
+	// complete reports whether the table was built from the full list of
+	// peers; before the first Reconcile it is not, and a destination
+	// without a peer is dropped silently rather than answered with ICMP.
+	complete bool
 }
 
 type lenTable struct {

@@ -251,8 +251,9 @@ func (b *Backend) Start(ctx context.Context, own lease.Lease) error {
 	if err := b.ensureRoute(); err != nil {
 		return fmt.Errorf("udp: %w", err)
 	}
-	// An empty table until the first Reconcile: everything to the overlay
-	// is unreachable, nothing is accepted.
+	// An empty, incomplete table until the first Reconcile: packets to the
+	// overlay are dropped (no ICMP errors: peers are not known yet, not
+	// absent), nothing is accepted.
 	t, _ := buildTable(b.host.Network.Network, own.Subnet, b.host.PublicIP, uint16(b.opts.Port), nil)
 	b.tbl.Store(t)
 	bind, recvs, err := openBind(b.host.NetNS, uint16(b.opts.Port))
@@ -362,6 +363,7 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 	}
 	var errs []error
 	t, bad := buildTable(b.host.Network.Network, b.own.Subnet, b.host.PublicIP, uint16(b.opts.Port), peers)
+	t.complete = true
 	for _, err := range bad {
 		b.host.Log.Warn("udp: peer not served", "err", err)
 	}
