@@ -73,6 +73,9 @@ type Agent struct {
 	masq  Masquerader
 	log   *slog.Logger
 	ready atomic.Bool
+	// lastErr is the previous reconcile's error text, so that a problem that
+	// persists is logged once, not every resync period.
+	lastErr string
 }
 
 // New returns an agent using st for leases. masq may be nil when IPMasq is
@@ -196,10 +199,20 @@ func (a *Agent) reconcile(ctx context.Context, network *config.Network, be backe
 		}
 	}
 	start := time.Now()
-	if err := be.Reconcile(ctx, peers); err != nil {
+	err := be.Reconcile(ctx, peers)
+	switch {
+	case err != nil && err.Error() != a.lastErr:
 		a.log.Warn("datapath reconciled with errors", "peers", len(peers), "err", err)
-	} else {
+	case err != nil:
+		a.log.Debug("datapath reconciled with the same errors as before", "peers", len(peers))
+	case a.lastErr != "":
+		a.log.Info("datapath reconciled without errors again", "peers", len(peers))
+	default:
 		a.log.Debug("datapath reconciled", "peers", len(peers), "took", time.Since(start))
+	}
+	a.lastErr = ""
+	if err != nil {
+		a.lastErr = err.Error()
 	}
 	if a.cfg.IPMasq && a.masq != nil {
 		if err := a.masq.Ensure(network.Network, own.Subnet); err != nil {
