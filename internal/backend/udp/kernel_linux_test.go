@@ -313,6 +313,22 @@ func TestKernelPodToPod(t *testing.T) {
 			}
 		}
 	}
+	// A per-peer route another backend left (proto 87, more specific than
+	// the network route) goes at the next Reconcile; a foreign route and
+	// Weft's routes inside this host's own subnet stay.
+	run(t, "ip", "-n", h1.name, "route", "add", "10.244.2.0/24", "via", "198.18.0.12", "proto", "87")
+	run(t, "ip", "-n", h1.name, "route", "add", "10.244.1.128/25", "dev", "vp", "proto", "87")
+	run(t, "ip", "-n", h1.name, "route", "add", "10.244.3.0/25", "via", "198.18.0.13", "proto", "static")
+	if err := h1.b.Reconcile(context.Background(), tp.peersOf(h1)); err != nil {
+		t.Fatal(err)
+	}
+	routesNow := run(t, "ip", "-n", h1.name, "route", "show")
+	for dst, want := range map[string]bool{"10.244.2.0/24": false, "10.244.1.128/25": true, "10.244.3.0/25": true, "10.244.0.0/16 dev " + DefaultDevice: true} {
+		if got := strings.Contains(routesNow, dst); got != want {
+			t.Errorf("route %s present: %v, want %v\n%s", dst, got, want, routesNow)
+		}
+	}
+	run(t, "ip", "-n", h1.name, "route", "del", "10.244.3.0/25")
 	// The host itself reaches a remote pod, from its TUN address.
 	pingEventually(t, h1.name, tp.hosts[1].podIP)
 	// Big packets are fragmented by the sender as the overlay MTU asks.

@@ -341,15 +341,23 @@ func (b *Backend) ensureAddr() error {
 	return errors.Join(errs...)
 }
 
-// ensureRoute routes the whole overlay network through the TUN device.
+// ensureRoute routes the whole overlay network through the TUN device. It
+// owns Weft's routes inside the network outside this host's subnet, so the
+// per-peer routes another backend left (after a switch from vxlan or
+// host-gw, which would take precedence over the network route) go too.
 func (b *Backend) ensureRoute() error {
 	link, err := b.host.Netlink.LinkByName(b.opts.Device)
 	if err != nil {
 		return fmt.Errorf("find TUN device %s: %w", b.opts.Device, err)
 	}
-	idx := link.Attrs().Index
-	want := []routes.Route{{Dst: b.host.Network.Network.Masked(), LinkIndex: idx}}
-	_, err = routes.Sync(b.host.Netlink, unix.AF_INET, want, func(r routes.Route) bool { return r.LinkIndex == idx })
+	network, own := b.host.Network.Network.Masked(), b.own.Subnet.Masked()
+	want := []routes.Route{{Dst: network, LinkIndex: link.Attrs().Index}}
+	res, err := routes.Sync(b.host.Netlink, unix.AF_INET, want, func(r routes.Route) bool {
+		return network.Overlaps(r.Dst) && !own.Overlaps(r.Dst)
+	})
+	if res.Added+res.Replaced+res.Removed > 0 {
+		b.host.Log.Info("udp: overlay route reconciled", "added", res.Added, "replaced", res.Replaced, "removed", res.Removed)
+	}
 	return err
 }
 
