@@ -38,6 +38,7 @@ func newRootCmd() *cobra.Command {
 		newLabCmd(),
 		newDockerOptsCmd(),
 		newPeersCmd(g),
+		newStatusCmd(g),
 	)
 	return root
 }
