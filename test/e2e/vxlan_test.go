@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -502,4 +504,113 @@ func nlHandleB(b *testing.B, l *lab.Lab, i int) *netlink.Handle {
 		b.Fatalf("netlink in %s: %v", hs.Netns, err)
 	}
 	return h
+}
+
+// flanneld returns the flanneld binary for interop tests ($WEFT_FLANNELD or
+// flanneld on $PATH), skipping the test without one.
+func flanneld(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("WEFT_FLANNELD"); p != "" {
+		return p
+	}
+	p, err := exec.LookPath("flanneld")
+	if err != nil {
+		t.Skip("no flanneld: set WEFT_FLANNELD to a flanneld binary (e.g. built from github.com/flannel-io/flannel) to run the interop test")
+	}
+	return p
+}
+
+// TestFlannelInterop: a cluster of two Weft hosts and one flannel host on
+// one etcd. Host 3 starts as a fresh flannel node (its weftd stopped, its
+// device and state removed); all pods reach all. Then host 3 moves to Weft
+// as docs/migration-from-flannel.md describes: flanneld stops, weftd
+// starts, adopts flannel.1 and publishes flannel's VtepMAC unchanged; all
+// pods still reach all.
+func TestFlannelInterop(t *testing.T) {
+	bin := flanneld(t)
+	requireTool(t, "iptables") // flanneld's FORWARD rules
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "vxlan"})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	h3, _ := l.Host(3)
+	sub3 := subnetOf(t, l, 3)
+	if err := l.StopAgent(ctx, 3, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	h := nlHandle(t, l, 3)
+	if link, err := h.LinkByName("flannel.1"); err == nil {
+		_ = h.LinkDel(link)
+	}
+	h.Close()
+	if err := os.RemoveAll(filepath.Join(h3.StateDir, "vxlan")); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(t.TempDir(), "flanneld.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	fl := exec.Command("ip", "netns", "exec", h3.Netns, bin,
+		"-etcd-endpoints", lab.EtcdURL, "-iface", "eth0",
+		"-subnet-file", filepath.Join(t.TempDir(), "subnet.env"), "-healthz-port", "0")
+	fl.Stdout, fl.Stderr = logf, logf
+	if err := fl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopFlannel := func() {
+		if fl.ProcessState == nil {
+			_ = fl.Process.Signal(syscall.SIGTERM)
+			_ = fl.Wait()
+		}
+	}
+	defer stopFlannel()
+	var flannelMAC string
+	eventually(t, 30*time.Second, "flanneld publishes its own VtepMAC for h3's subnet", func() bool {
+		h := nlHandle(t, l, 3)
+		defer h.Close()
+		link, err := h.LinkByName("flannel.1")
+		if err != nil {
+			return false
+		}
+		flannelMAC = link.Attrs().HardwareAddr.String()
+		return leaseMACs(t, l)[sub3] == flannelMAC
+	})
+	m, err := reachAll(ctx, l)
+	if err != nil {
+		log, _ := os.ReadFile(logf.Name())
+		t.Fatalf("Weft and flannel hosts: %v\nflanneld log:\n%s", err, log[max(0, len(log)-2000):])
+	}
+	t.Logf("2 Weft hosts + 1 flannel host: %d pods reach each other", len(m))
+
+	// Migration of host 3 from flannel to Weft.
+	stopFlannel()
+	if err := l.StartAgent(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := vtepMAC(t, l, 3); got != flannelMAC {
+		t.Errorf("weftd changed the adopted device's MAC from %s to %s", flannelMAC, got)
+	}
+	if got := leaseMACs(t, l)[sub3]; got != flannelMAC {
+		t.Errorf("lease VtepMAC after migration %s, want flannel's %s", got, flannelMAC)
+	}
+	if _, err := reachAll(ctx, l); err != nil {
+		t.Fatalf("after moving h3 to Weft: %v", err)
+	}
+}
+
+// reachAll checks that every pod reaches every other pod.
+func reachAll(ctx context.Context, l *lab.Lab) ([]lab.PodState, error) {
+	var m *lab.Matrix
+	err := pollUntil(ctx, 200*time.Millisecond, func() bool {
+		var err error
+		m, err = l.Reachability(ctx)
+		return err == nil && m.All()
+	})
+	if err != nil {
+		if m != nil {
+			return nil, fmt.Errorf("unreachable: %v", m.Missing())
+		}
+		return nil, err
+	}
+	return l.Pods(), nil
 }
