@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 
@@ -75,5 +76,31 @@ func TestLeasesReserveListDelete(t *testing.T) {
 	out, _ = weftctl(t, "", append(flags, "leases", "list")...)
 	if strings.Contains(out, "10.244.9.0/24") {
 		t.Fatalf("deleted lease still listed: %q", out)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	ep := etcdtest.Start(t)
+	flags := []string{"--etcd-endpoints", ep}
+	envFile := t.TempDir() + "/subnet.env"
+	_, err := weftctl(t, "", append(flags, "status", "--subnet-file", envFile)...)
+	if err == nil || !strings.Contains(err.Error(), "weftd has not leased") {
+		t.Fatalf("no subnet.env: %v", err)
+	}
+	if err := os.WriteFile(envFile, []byte("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.9.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := weftctl(t, "", append(flags, "status", "--subnet-file", envFile)...); err == nil || !strings.Contains(err.Error(), "no lease in etcd") {
+		t.Fatalf("lease missing: %v", err)
+	}
+	if _, err := weftctl(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`, append(flags, "config", "set", "-")...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := weftctl(t, "", append(flags, "leases", "reserve", "10.244.9.0/24", "--public-ip", "198.18.0.99")...); err != nil {
+		t.Fatal(err)
+	}
+	out, err := weftctl(t, "", append(flags, "status", "--subnet-file", envFile)...)
+	if err != nil || !strings.Contains(out, "reservation 10.244.9.0/24 of 198.18.0.99") {
+		t.Fatalf("status = %q, %v", out, err)
 	}
 }
