@@ -34,13 +34,7 @@ func newConfigCmd(g *etcdFlags) *cobra.Command {
 		Short: "Validate a network configuration and store it (nothing is written when it is invalid)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var raw []byte
-			var err error
-			if args[0] == "-" {
-				raw, err = io.ReadAll(cmd.InOrStdin())
-			} else {
-				raw, err = os.ReadFile(args[0])
-			}
+			raw, err := readInput(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -69,13 +63,7 @@ func newConfigCmd(g *etcdFlags) *cobra.Command {
 // checkConfigFile validates a configuration document and prints it with
 // every default made explicit.
 func checkConfigFile(cmd *cobra.Command, path string) error {
-	var raw []byte
-	var err error
-	if path == "-" {
-		raw, err = io.ReadAll(cmd.InOrStdin())
-	} else {
-		raw, err = os.ReadFile(path)
-	}
+	raw, err := readInput(cmd, path)
 	if err != nil {
 		return err
 	}
@@ -92,4 +80,12 @@ func checkConfigFile(cmd *cobra.Command, path string) error {
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), string(out))
 	return nil
+}
+
+// readInput reads a file, or standard input when path is "-".
+func readInput(cmd *cobra.Command, path string) ([]byte, error) {
+	if path == "-" {
+		return io.ReadAll(cmd.InOrStdin())
+	}
+	return os.ReadFile(path)
 }
