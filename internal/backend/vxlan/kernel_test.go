@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -218,4 +219,51 @@ func mustIPNet(s string) *net.IPNet {
 		panic(err)
 	}
 	return n
+}
+
+func TestSegmentationOffloadRestored(t *testing.T) {
+	l := newLab(t, testNet)
+	h := l.addHost("br0", netip.MustParsePrefix("198.18.0.11/24"), netip.Addr{})
+	l.start(h, "")
+	feature := func(name string) (on bool) {
+		err := inNS(h.nsh, func() error {
+			e, err := ethtool.NewEthtool()
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+			f, err := e.Features("flannel.1")
+			on = f[name]
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return on
+	}
+	if !feature("tx-tcp-segmentation") || !feature(txCsumFeature) {
+		t.Fatal("a new device lacks TSO or checksum offload")
+	}
+	if err := inNS(h.nsh, func() error {
+		e, err := ethtool.NewEthtool()
+		if err != nil {
+			return err
+		}
+		defer e.Close()
+		return e.Change("flannel.1", map[string]bool{"tx-tcp-segmentation": false})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if feature("tx-tcp-segmentation") {
+		t.Fatal("could not turn TSO off for the test")
+	}
+	l.start(h, "") // a restart adopts the device and repairs it
+	if !feature("tx-tcp-segmentation") {
+		t.Error("TSO still off after weftd's start")
+	}
+	// Forced off: checksum offload goes (and TSO with it).
+	l.start(h, `{"Type":"vxlan","TxChecksumOffload":"off"}`)
+	if feature(txCsumFeature) {
+		t.Error("TxChecksumOffload off did not turn checksum offload off")
+	}
 }
