@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/internal/netnsutil"
@@ -49,7 +51,9 @@ func (a CNIAttacher) ConfList(dir string, h HostState) (*libcni.NetworkConfigLis
 
 // Runtime returns the libcni configuration the attacher uses for host h.
 func (a CNIAttacher) Runtime(dir string, h HostState) *libcni.CNIConfig {
-	return libcni.NewCNIConfigWithCacheDir([]string{a.PluginDir}, filepath.Join(dir, h.Name, "cni-cache"), nil)
+	// An explicit exec: libcni's lazy default is not safe for concurrent use.
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	return libcni.NewCNIConfigWithCacheDir([]string{a.PluginDir}, filepath.Join(dir, h.Name, "cni-cache"), exec)
 }
 
 // PodRuntimeConf names the pod's attachment: container id "<lab>-<pod>",

@@ -21,7 +21,9 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -210,7 +212,10 @@ type Runtime struct {
 // NewRuntime returns a runtime for the host namespace at hostNS using the
 // plugins in dir and cacheDir for libcni's cache.
 func NewRuntime(hostNS, dir, cacheDir string) *Runtime {
-	return &Runtime{HostNS: hostNS, CNI: libcni.NewCNIConfigWithCacheDir([]string{dir}, cacheDir, nil)}
+	// An explicit exec: libcni sets its default lazily, which races when
+	// one CNIConfig serves concurrent calls (as a runtime's does).
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	return &Runtime{HostNS: hostNS, CNI: libcni.NewCNIConfigWithCacheDir([]string{dir}, cacheDir, exec)}
 }
 
 // Attachment names one container's interface.
