@@ -363,6 +363,9 @@ func BenchmarkVXLANControlPlane(b *testing.B) {
 		b.Fatal(err)
 	}
 	hs, _ := l.Host(1)
+	idle := rssMB(b, hs.PID)
+	b.Logf("weftd RSS with no peers: %.1f MB", idle)
+	b.ReportMetric(idle, "weftd-RSS-MB-0peers")
 	for i := 0; i < b.N; i++ {
 		for _, batch := range []int{n, 100} {
 			start := time.Now()
