@@ -19,6 +19,7 @@ import (
 
 	"github.com/vishvananda/netns"
 	"github.com/weft-net/weft/internal/lab"
+	"golang.org/x/sys/unix"
 )
 
 // udpPort is the udp backend's default port.
@@ -295,6 +296,23 @@ func procCPU(t testing.TB, pid int) float64 {
 	return (ut + st) / 100 // USER_HZ
 }
 
+// pinProcess pins every thread of process pid to one CPU.
+func pinProcess(t testing.TB, pid, cpu int) {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set unix.CPUSet
+	set.Set(cpu)
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			t.Fatalf("pin thread %d of %d to CPU %d: %v", tid, pid, cpu, err)
+		}
+	}
+}
+
 // systemBusy returns the machine's busy CPU time in seconds (all cores,
 // everything but idle and iowait), from /proc/stat.
 func systemBusy(t testing.TB) float64 {
@@ -327,7 +345,10 @@ func medianOf(xs []float64) float64 {
 // /proc/stat: with a kernel datapath such as vxlan the work is in softirq,
 // not in weftd). Run with -benchtime 1x;
 // WEFT_BENCH_SECS sets each stream's length (default 4),
-// WEFT_BENCH_BACKEND the backend (default udp, e.g. vxlan for comparison).
+// WEFT_BENCH_BACKEND the backend (default udp, e.g. vxlan for comparison),
+// WEFT_BENCH_PIN=1 pins each host's weftd to that host's iperf3 core
+// (host 1: core 0, host 2: core 1), as iperf3 -A already pins the
+// baseline: the lab then behaves like two machines of one core each.
 func BenchmarkUDPThroughput(b *testing.B) {
 	requireTool(b, "iperf3")
 	secs := 4
@@ -342,6 +363,10 @@ func BenchmarkUDPThroughput(b *testing.B) {
 		l := benchLab(b, lab.Spec{Hosts: 2, Pods: 1, Backend: be})
 		h1, _ := l.Host(1)
 		h2, _ := l.Host(2)
+		if os.Getenv("WEFT_BENCH_PIN") == "1" {
+			pinProcess(b, h1.PID, 0)
+			pinProcess(b, h2.PID, 1)
+		}
 		p1, _ := l.Pod(1, 1)
 		p2, _ := l.Pod(2, 1)
 		var under, over, cpu, sys, sysUnder []float64
