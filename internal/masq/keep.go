@@ -24,9 +24,6 @@ const settle = 50 * time.Millisecond
 // Keep must be called from the namespace it guards, and the goroutine that
 // calls it must stay there (weftd runs wholly inside its host namespace).
 func Keep(ctx context.Context, network, hostSubnet netip.Prefix, report func(error)) error {
-	if err := Ensure(network, hostSubnet); err != nil {
-		return err
-	}
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("masq: nftables: %w", err)
@@ -41,6 +38,10 @@ func Keep(ctx context.Context, network, hostSubnet netip.Prefix, report func(err
 		for range events { // drain until the monitor's goroutine is done
 		}
 	}()
+	// Listen first, then write: a change made between the two is seen.
+	if err := Ensure(network, hostSubnet); err != nil {
+		return err
+	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
