@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 func TestParseNetConfDefaults(t *testing.T) {
@@ -88,6 +90,30 @@ func FuzzParseNetConf(f *testing.F) {
 		}
 		if c.Name == "" || c.Bridge == "" || c.DataDir == "" || (c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535)) {
 			t.Fatalf("accepted an invalid configuration: %+v", c)
+		}
+	})
+}
+
+// FuzzPrevResult: CHECK decodes prevResult from stdin, which is untrusted;
+// decoding and looking up the container's address must never panic.
+func FuzzPrevResult(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"n","prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/run/netns/x"}],"ips":[{"interface":0,"address":"10.244.7.5/24","gateway":"10.244.7.1"}]}}`))
+	f.Add([]byte(`{"cniVersion":"0.3.1","name":"n","prevResult":{"cniVersion":"0.3.1","interfaces":[{"name":"eth0"}],"ips":[{"version":"4","interface":7,"address":"10.244.7.5/24"}]}}`))
+	f.Add([]byte(`{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"interface":-1,"address":"::1/128"}]}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseNetConf(data)
+		if err != nil || c.RawPrevResult == nil {
+			return
+		}
+		if err := version.ParsePrevResult(&c.PluginConf); err != nil {
+			return
+		}
+		r, err := types100.NewResultFromResult(c.PrevResult)
+		if err != nil {
+			return
+		}
+		if p, ok := resultAddr(r, "eth0"); ok && !p.Addr().Is4() {
+			t.Fatalf("resultAddr returned a non-IPv4 address %s", p)
 		}
 	})
 }
