@@ -22,7 +22,7 @@ type batcher struct {
 	fd      int
 	seq     uint32
 	buf     []byte
-	what    map[uint32]string // seq → description, for errors
+	what    map[uint32]reqDesc // seq → what the request does, for errors
 	errs    []error
 	sent    int
 	rcv     []byte
@@ -34,9 +34,13 @@ const (
 	batchCount = 512      // acks per round trip; well below the receive buffer
 )
 
-// newBatcher opens a NETLINK_ROUTE socket in ns.
-func newBatcher(ns netns.NsHandle) (*batcher, error) {
-	b := &batcher{what: map[uint32]string{}, rcv: make([]byte, 256<<10), maxSize: batchBytes}
+// newBatcher opens a NETLINK_ROUTE socket in ns; rcv is its receive buffer
+// (nil: a new one).
+func newBatcher(ns netns.NsHandle, rcv []byte) (*batcher, error) {
+	if len(rcv) == 0 {
+		rcv = make([]byte, 256<<10)
+	}
+	b := &batcher{what: map[uint32]reqDesc{}, rcv: rcv, maxSize: batchBytes}
 	err := inNS(ns, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 		if err != nil {
@@ -63,20 +67,47 @@ func newBatcher(ns netns.NsHandle) (*batcher, error) {
 
 func (b *batcher) close() { unix.Close(b.fd) }
 
-// add queues one request; body is the message after the netlink header.
-func (b *batcher) add(typ, flags uint16, body []byte, what string) {
-	if len(b.buf)+unix.NLMSG_HDRLEN+len(body) > b.maxSize || len(b.what) >= batchCount {
+// reqDesc says what a request does; it is turned into text only for an
+// error, so a batch of thousands of requests allocates no strings.
+type reqDesc struct {
+	op    string // "FDB entry", "remove neighbour", ...
+	ip    netip.Addr
+	mac   hwAddr
+	route routes.Route
+}
+
+func (d reqDesc) String() string {
+	switch {
+	case d.route.Dst.IsValid():
+		return d.op + " " + d.route.String()
+	case d.ip.IsValid() && !d.mac.isZero():
+		return fmt.Sprintf("%s %s %s", d.op, d.ip, d.mac)
+	case d.ip.IsValid():
+		return d.op + " " + d.ip.String()
+	}
+	return d.op + " " + d.mac.String()
+}
+
+// begin starts a request of type typ in the batch and returns its offset;
+// the caller appends the body to b.buf and calls end.
+func (b *batcher) begin(typ, flags uint16, d reqDesc) int {
+	if len(b.buf) > b.maxSize-256 || len(b.what) >= batchCount {
 		b.flush()
 	}
 	b.seq++
+	start := len(b.buf)
 	var h [unix.NLMSG_HDRLEN]byte
-	binary.NativeEndian.PutUint32(h[0:], uint32(unix.NLMSG_HDRLEN+len(body)))
 	binary.NativeEndian.PutUint16(h[4:], typ)
 	binary.NativeEndian.PutUint16(h[6:], flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
 	binary.NativeEndian.PutUint32(h[8:], b.seq)
 	b.buf = append(b.buf, h[:]...)
-	b.buf = append(b.buf, body...)
-	b.what[b.seq] = what
+	b.what[b.seq] = d
+	return start
+}
+
+// end sets the length of the request begun at start.
+func (b *batcher) end(start int) {
+	binary.NativeEndian.PutUint32(b.buf[start:], uint32(len(b.buf)-start))
 }
 
 // flush sends the queued requests and waits for every acknowledgement.
@@ -122,7 +153,7 @@ func (b *batcher) flush() {
 				continue
 			}
 			if e := int32(binary.NativeEndian.Uint32(data[:4])); e != 0 {
-				b.errs = append(b.errs, fmt.Errorf("%s: %w", what, unix.Errno(-e)))
+				b.errs = append(b.errs, fmt.Errorf("%s: %w", what.String(), unix.Errno(-e)))
 			}
 		}
 	}
@@ -155,20 +186,23 @@ func u32(v uint32) []byte {
 	return b[:]
 }
 
-// ndmsg builds a neighbour message body (struct ndmsg and attributes).
-func ndmsg(family uint8, idx int, state uint16, flags uint8, ip netip.Addr, mac hwAddr, withMAC bool) []byte {
-	b := make([]byte, 12, 40)
-	b[0] = family
-	binary.NativeEndian.PutUint32(b[4:], uint32(idx))
-	binary.NativeEndian.PutUint16(b[8:], state)
-	b[10] = flags
+// appendNdmsg appends a neighbour message body (struct ndmsg and
+// attributes).
+func appendNdmsg(b []byte, family uint8, idx int, state uint16, flags uint8, ip netip.Addr, mac *hwAddr) []byte {
+	var m [12]byte
+	m[0] = family
+	binary.NativeEndian.PutUint32(m[4:], uint32(idx))
+	binary.NativeEndian.PutUint16(m[8:], state)
+	m[10] = flags
 	if family == unix.AF_INET {
-		b[11] = unix.RTN_UNICAST
+		m[11] = unix.RTN_UNICAST
 	}
+	b = append(b, m[:]...)
 	if ip.IsValid() {
-		b = attr(b, unix.NDA_DST, ip.AsSlice())
+		a := ip.As4()
+		b = attr(b, unix.NDA_DST, a[:])
 	}
-	if withMAC {
+	if mac != nil {
 		b = attr(b, unix.NDA_LLADDR, mac[:])
 	}
 	return b
@@ -178,31 +212,36 @@ const replaceFlags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE
 
 // setFDB queues "bridge fdb replace mac dev idx dst ip self <state>".
 func (b *batcher) setFDB(idx int, mac hwAddr, dst netip.Addr, state uint16) {
-	b.add(unix.RTM_NEWNEIGH, replaceFlags, ndmsg(unix.AF_BRIDGE, idx, state, unix.NTF_SELF, dst, mac, true),
-		fmt.Sprintf("FDB entry %s → %s", mac, dst))
+	s := b.begin(unix.RTM_NEWNEIGH, replaceFlags, reqDesc{op: "FDB entry", ip: dst, mac: mac})
+	b.buf = appendNdmsg(b.buf, unix.AF_BRIDGE, idx, state, unix.NTF_SELF, dst, &mac)
+	b.end(s)
 }
 
 // delFDB queues the removal of one FDB destination.
 func (b *batcher) delFDB(idx int, mac hwAddr, dst netip.Addr) {
-	b.add(unix.RTM_DELNEIGH, 0, ndmsg(unix.AF_BRIDGE, idx, 0, unix.NTF_SELF, dst, mac, true),
-		fmt.Sprintf("remove FDB entry %s → %s", mac, dst))
+	s := b.begin(unix.RTM_DELNEIGH, 0, reqDesc{op: "remove FDB entry", ip: dst, mac: mac})
+	b.buf = appendNdmsg(b.buf, unix.AF_BRIDGE, idx, 0, unix.NTF_SELF, dst, &mac)
+	b.end(s)
 }
 
 // setNeigh queues "ip neigh replace ip lladdr mac dev idx nud <state>".
 func (b *batcher) setNeigh(idx int, ip netip.Addr, mac hwAddr, state uint16) {
-	b.add(unix.RTM_NEWNEIGH, replaceFlags, ndmsg(unix.AF_INET, idx, state, 0, ip, mac, true),
-		fmt.Sprintf("neighbour %s → %s", ip, mac))
+	s := b.begin(unix.RTM_NEWNEIGH, replaceFlags, reqDesc{op: "neighbour", ip: ip, mac: mac})
+	b.buf = appendNdmsg(b.buf, unix.AF_INET, idx, state, 0, ip, &mac)
+	b.end(s)
 }
 
 // delNeigh queues the removal of a neighbour.
 func (b *batcher) delNeigh(idx int, ip netip.Addr) {
-	b.add(unix.RTM_DELNEIGH, 0, ndmsg(unix.AF_INET, idx, 0, 0, ip, hwAddr{}, false),
-		fmt.Sprintf("remove neighbour %s", ip))
+	s := b.begin(unix.RTM_DELNEIGH, 0, reqDesc{op: "remove neighbour", ip: ip})
+	b.buf = appendNdmsg(b.buf, unix.AF_INET, idx, 0, 0, ip, nil)
+	b.end(s)
 }
 
 // addRoute queues a Weft route (protocol 87, main table) with a metric.
 func (b *batcher) addRoute(r routes.Route, metric uint32) {
-	m := make([]byte, 12, 48)
+	s := b.begin(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, reqDesc{op: "route", route: r})
+	var m [12]byte
 	m[0] = unix.AF_INET
 	m[1] = byte(r.Dst.Bits())
 	m[4] = unix.RT_TABLE_MAIN
@@ -215,13 +254,16 @@ func (b *batcher) addRoute(r routes.Route, metric uint32) {
 	if r.OnLink {
 		binary.NativeEndian.PutUint32(m[8:], unix.RTNH_F_ONLINK)
 	}
-	m = attr(m, unix.RTA_DST, r.Dst.Addr().AsSlice())
-	m = attr(m, unix.RTA_OIF, u32(uint32(r.LinkIndex)))
+	b.buf = append(b.buf, m[:]...)
+	dst := r.Dst.Addr().As4()
+	b.buf = attr(b.buf, unix.RTA_DST, dst[:])
+	b.buf = attr(b.buf, unix.RTA_OIF, u32(uint32(r.LinkIndex)))
 	if r.Gw.IsValid() {
-		m = attr(m, unix.RTA_GATEWAY, r.Gw.AsSlice())
+		gw := r.Gw.As4()
+		b.buf = attr(b.buf, unix.RTA_GATEWAY, gw[:])
 	}
-	m = attr(m, unix.RTA_PRIORITY, u32(metric))
-	b.add(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, m, "route "+r.String())
+	b.buf = attr(b.buf, unix.RTA_PRIORITY, u32(metric))
+	b.end(s)
 }
 
 // routeMetric spreads Weft's gateway routes over many metrics. The kernel

@@ -64,6 +64,9 @@ type peer struct {
 	subnet netip.Prefix
 	public netip.Addr
 	mac    hwAddr
+	// data is the BackendData the peer was decoded from, to skip decoding
+	// it again while it does not change.
+	data string
 	// direct is set when DirectRouting applies: the peer is reached by a
 	// plain route over the underlay, without encapsulation.
 	direct bool
@@ -72,28 +75,28 @@ type peer struct {
 // decodePeer checks a lease written by another host (untrusted) and turns
 // it into a peer. The error names the lease and the field.
 func decodePeer(l lease.Lease, vni int) (peer, error) {
-	name := "lease " + l.Subnet.String()
+	name := func() string { return "lease " + l.Subnet.String() }
 	if !l.Subnet.IsValid() || !l.Subnet.Addr().Is4() || l.Subnet.Masked() != l.Subnet {
-		return peer{}, fmt.Errorf("%s: Subnet is not an IPv4 network prefix", name)
+		return peer{}, fmt.Errorf("%s: Subnet is not an IPv4 network prefix", name())
 	}
 	if l.Attrs.BackendType != "vxlan" {
-		return peer{}, fmt.Errorf("%s: BackendType is %q, not \"vxlan\"", name, l.Attrs.BackendType)
+		return peer{}, fmt.Errorf("%s: BackendType is %q, not \"vxlan\"", name(), l.Attrs.BackendType)
 	}
 	if !l.Attrs.PublicIP.Is4() || l.Attrs.PublicIP.IsUnspecified() || l.Attrs.PublicIP.IsMulticast() {
-		return peer{}, fmt.Errorf("%s: PublicIP %q is not a unicast IPv4 address", name, l.Attrs.PublicIP)
+		return peer{}, fmt.Errorf("%s: PublicIP %q is not a unicast IPv4 address", name(), l.Attrs.PublicIP)
 	}
 	var d leaseData
 	if err := json.Unmarshal(l.Attrs.BackendData, &d); err != nil {
-		return peer{}, fmt.Errorf("%s: BackendData is not {\"VNI\":…,\"VtepMAC\":\"…\"}: %w", name, err)
+		return peer{}, fmt.Errorf("%s: BackendData is not {\"VNI\":…,\"VtepMAC\":\"…\"}: %w", name(), err)
 	}
 	if d.VNI != vni {
-		return peer{}, fmt.Errorf("%s: BackendData.VNI is %d, this host uses %d", name, d.VNI, vni)
+		return peer{}, fmt.Errorf("%s: BackendData.VNI is %d, this host uses %d", name(), d.VNI, vni)
 	}
 	mac, err := parseHwAddr(d.VtepMAC)
 	if err != nil {
-		return peer{}, fmt.Errorf("%s: BackendData.VtepMAC %w", name, err)
+		return peer{}, fmt.Errorf("%s: BackendData.VtepMAC %w", name(), err)
 	}
-	return peer{subnet: l.Subnet, public: l.Attrs.PublicIP, mac: mac}, nil
+	return peer{subnet: l.Subnet, public: l.Attrs.PublicIP, mac: mac, data: string(l.Attrs.BackendData)}, nil
 }
 
 // peerTable indexes the current peers. It is immutable once built, so the
@@ -109,7 +112,7 @@ type peerTable struct {
 // Leases that cannot be served are left out and reported, one error each.
 // own is this host's subnet, network the overlay; direct reports whether a
 // public address is on the underlay's segment (nil: never).
-func buildPeers(leases []lease.Lease, own, network netip.Prefix, vni int, direct func(netip.Addr) bool) (*peerTable, []error) {
+func buildPeers(leases []lease.Lease, own, network netip.Prefix, vni int, direct func(netip.Addr) bool, prev *peerTable) (*peerTable, []error) {
 	t := &peerTable{
 		bySubnet: make(map[netip.Prefix]*peer, len(leases)),
 		byMAC:    make(map[hwAddr]*peer, len(leases)),
@@ -119,7 +122,13 @@ func buildPeers(leases []lease.Lease, own, network netip.Prefix, vni int, direct
 		if l.Subnet == own {
 			continue
 		}
-		p, err := decodePeer(l, vni)
+		var p peer
+		var err error
+		if old := prev.get(l.Subnet); old != nil && old.public == l.Attrs.PublicIP && l.Attrs.BackendType == "vxlan" && old.data == string(l.Attrs.BackendData) {
+			p = *old
+		} else {
+			p, err = decodePeer(l, vni)
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -167,4 +176,12 @@ func (t *peerTable) lookupIP(a netip.Addr) *peer {
 		}
 	}
 	return nil
+}
+
+// get returns the peer of a subnet, or nil.
+func (t *peerTable) get(p netip.Prefix) *peer {
+	if t == nil {
+		return nil
+	}
+	return t.bySubnet[p]
 }

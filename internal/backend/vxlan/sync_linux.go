@@ -73,7 +73,10 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 	h := b.host.Netlink
 	static := b.s.mode == ModeStatic
 	var errs []error
-	bt, err := newBatcher(b.host.NetNS)
+	if b.rcv == nil {
+		b.rcv = make([]byte, 256<<10)
+	}
+	bt, err := newBatcher(b.host.NetNS, b.rcv)
 	if err != nil {
 		return st, err
 	}

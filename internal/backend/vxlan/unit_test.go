@@ -96,7 +96,7 @@ func TestBuildPeers(t *testing.T) {
 		vxLease("10.244.6.0/24", "198.18.0.17", `{"VNI":1,"VtepMAC":"bad"}`),
 	}
 	seg := netip.MustParsePrefix("198.18.0.0/24")
-	tbl, errs := buildPeers(ls, own, network, 1, seg.Contains)
+	tbl, errs := buildPeers(ls, own, network, 1, seg.Contains, nil)
 	if len(tbl.peers) != 2 || len(errs) != 4 {
 		t.Fatalf("peers %d, errors %d (%v)", len(tbl.peers), len(errs), errs)
 	}

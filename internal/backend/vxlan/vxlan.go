@@ -55,6 +55,8 @@ type Backend struct {
 	warned map[string]bool
 	// idle is how long an unused reactive neighbour entry is kept.
 	idle time.Duration
+	// rcv is the netlink receive buffer, kept across syncs.
+	rcv []byte
 
 	startOnce sync.Once
 }
@@ -239,7 +241,7 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 		}
 		direct = d
 	}
-	t, problems := buildPeers(peers, b.own, b.host.Network.Network, b.s.vni, direct)
+	t, problems := buildPeers(peers, b.own, b.host.Network.Network, b.s.vni, direct, b.table.Load())
 	seen := make(map[string]bool, len(problems))
 	for _, p := range problems {
 		msg := p.Error()
