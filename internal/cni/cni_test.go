@@ -495,6 +495,59 @@ func TestOldVersions(t *testing.T) {
 	}
 }
 
+// TestOptions: with isDefaultGateway false the pod routes only the overlay
+// network via the bridge; mtu and bridge override the defaults; hairpin
+// mode is set on the host end.
+func TestOptions(t *testing.T) {
+	h := newHost(t)
+	h.writeEnv("10.244.11.0/24", true)
+	l := h.list("1.1.0", `"bridge":"weftbr0","delegate":{"isDefaultGateway":false,"mtu":1400,"hairpinMode":true}`)
+	pod := h.pod("opt")
+	r := h.mustAdd(l, "ctr-opt", pod)
+	ph, err := cnitest.Handle(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ph.Close()
+	eth0, err := ph.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eth0.Attrs().MTU != 1400 {
+		t.Errorf("pod MTU %d, want 1400", eth0.Attrs().MTU)
+	}
+	routes, _ := ph.RouteList(eth0, netlink.FAMILY_V4)
+	if hasDefaultVia(routes, "10.244.11.1") {
+		t.Errorf("pod has a default route with isDefaultGateway false: %v", routes)
+	}
+	found := false
+	for _, rt := range routes {
+		if rt.Dst != nil && rt.Dst.String() == "10.244.0.0/16" && rt.Gw.String() == "10.244.11.1" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("pod routes %v lack 10.244.0.0/16 via 10.244.11.1", routes)
+	}
+	if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "10.244.0.0/16" {
+		t.Errorf("result routes %v, want only 10.244.0.0/16", r.Routes)
+	}
+	hh, err := cnitest.Handle(h.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	if _, err := hh.LinkByName("weftbr0"); err != nil {
+		t.Errorf("bridge weftbr0: %v", err)
+	}
+	if _, err := hh.LinkByName("cni0"); err == nil {
+		t.Error("cni0 was created although the configuration names weftbr0")
+	}
+	if err := h.rt.Check(context.Background(), l, cnitest.Attachment("ctr-opt", pod, "eth0")); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+}
+
 // TestBadNetConf: a missing or wrong field gives a CNI error naming it.
 func TestBadNetConf(t *testing.T) {
 	h := newHost(t)
