@@ -548,6 +548,44 @@ func TestOptions(t *testing.T) {
 	}
 }
 
+// TestLeaseChange: weftd got another subnet (say, after its lease expired
+// while the host was down). The next ADD moves the bridge's gateway to the
+// new subnet, the new pod gets an address from it, and CHECK of a pod from
+// the old subnet says so.
+func TestLeaseChange(t *testing.T) {
+	h := newHost(t)
+	h.writeEnv("10.244.12.0/24", true)
+	l := h.list("1.1.0", "")
+	oldPod := h.pod("old")
+	h.mustAdd(l, "ctr-old", oldPod)
+	h.writeEnv("10.244.13.0/24", true)
+	newPod := h.pod("new")
+	a := podAddr(t, h.mustAdd(l, "ctr-new", newPod))
+	if !netip.MustParsePrefix("10.244.13.0/24").Contains(a) {
+		t.Errorf("new pod got %s, want an address in 10.244.13.0/24", a)
+	}
+	hh, err := cnitest.Handle(h.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	br, err := hh.LinkByName("cni0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, _ := hh.AddrList(br, netlink.FAMILY_V4)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "10.244.13.1/24" {
+		t.Errorf("cni0 addresses %v, want only 10.244.13.1/24", addrs)
+	}
+	err = h.rt.Check(context.Background(), l, cnitest.Attachment("ctr-old", oldPod, "eth0"))
+	if err == nil || !strings.Contains(err.Error(), "not in this host's subnet") {
+		t.Errorf("CHECK of a pod of the old subnet: %v", err)
+	}
+	if err := ping(t, newPod, netip.MustParseAddr("10.244.13.1")); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestBadNetConf: a missing or wrong field gives a CNI error naming it.
 func TestBadNetConf(t *testing.T) {
 	h := newHost(t)
