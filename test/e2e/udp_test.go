@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -425,4 +426,82 @@ func benchLab(b *testing.B, spec lab.Spec) *lab.Lab {
 		b.Fatalf("lab up %s: %v", spec.Name, err)
 	}
 	return l
+}
+
+// TestUDPFlannelInterop: three hosts on the udp backend, one of which runs
+// flannel's own flanneld (its udp backend: flannel0 without offloads, one
+// packet per system call, and a kernel that checks every inner checksum)
+// instead of weftd. Every pod reaches every other, TCP streams flow both
+// ways between a Weft host and the flannel host, and the host moves back
+// to Weft afterwards.
+func TestUDPFlannelInterop(t *testing.T) {
+	bin := flanneld(t)
+	requireTool(t, "iptables") // flanneld's FORWARD rules
+	requireTool(t, "iperf3")
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "udp"})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	h3, _ := l.Host(3)
+	if err := l.StopAgent(ctx, 3, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Weft's persistent flannel0 would hold the name (flanneld asks the
+	// kernel for "flannel%d") and the overlay route: a host handed over to
+	// flannel loses it first.
+	h := nlHandle(t, l, 3)
+	if link, err := h.LinkByName("flannel0"); err == nil {
+		if err := h.LinkDel(link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Close()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "flanneld.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	fl := exec.Command("ip", "netns", "exec", h3.Netns, bin,
+		"-etcd-endpoints", lab.EtcdURL, "-iface", "eth0",
+		"-subnet-file", filepath.Join(t.TempDir(), "subnet.env"), "-healthz-port", "0")
+	fl.Stdout, fl.Stderr = logf, logf
+	if err := fl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopFlannel := func() {
+		if fl.ProcessState == nil {
+			_ = fl.Process.Signal(syscall.SIGTERM)
+			_ = fl.Wait()
+		}
+	}
+	defer stopFlannel()
+	flannelLog := func() string {
+		b, _ := os.ReadFile(logf.Name())
+		return string(b[max(0, len(b)-2000):])
+	}
+	eventually(t, 30*time.Second, "flanneld brings flannel0 up on h3", func() bool {
+		h := nlHandle(t, l, 3)
+		defer h.Close()
+		link, err := h.LinkByName("flannel0")
+		return err == nil && link.Attrs().Flags&net.FlagUp != 0
+	})
+	if _, err := reachAll(ctx, l); err != nil {
+		t.Fatalf("2 Weft hosts + 1 flannel host: %v\nflanneld log:\n%s", err, flannelLog())
+	}
+	p1, _ := l.Pod(1, 1)
+	p3, _ := l.Pod(3, 1)
+	for _, d := range []struct{ from, to lab.PodState }{{p1, p3}, {p3, p1}} {
+		g := iperf3Gbps(t, d.from.Netns, d.to.Netns, d.to.IP, 2)
+		t.Logf("TCP %s (%s) -> %s: %.2f Gbit/s", d.from.Name, map[bool]string{true: "Weft", false: "flannel"}[d.from.HostIndex == 1], d.to.Name, g)
+		if g < 0.05 {
+			t.Errorf("TCP %s -> %s: %.3f Gbit/s, the stream does not flow\nflanneld log:\n%s", d.from.Name, d.to.Name, g, flannelLog())
+		}
+	}
+	// Back to Weft: flanneld's flannel0 goes with it; weftd makes its own.
+	stopFlannel()
+	if err := l.StartAgent(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reachAll(ctx, l); err != nil {
+		t.Fatalf("after moving h3 back to Weft: %v", err)
+	}
 }
