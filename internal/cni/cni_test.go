@@ -27,8 +27,12 @@ import (
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-// pluginDir holds the plugin binaries built by TestMain ("" when not root).
-var pluginDir string
+// pluginDir holds the plugin binaries built by TestMain ("" when not root);
+// haveFlannel says whether flannel's plugin is among them.
+var (
+	pluginDir   string
+	haveFlannel bool
+)
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 {
@@ -38,7 +42,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "building plugins:", err)
 			os.Exit(1)
 		}
-		pluginDir = p.Dir
+		pluginDir, haveFlannel = p.Dir, p.Flannel
 		code := m.Run()
 		if os.Getenv("WEFT_CNI_PLUGIN_DIR") == "" {
 			os.RemoveAll(p.Dir)

@@ -171,35 +171,49 @@ func In(path string, fn func() error) error {
 type Plugins struct {
 	// Dir holds weft, and bridge, host-local and portmap when requested.
 	Dir string
+	// Flannel reports whether Dir also holds flannel's CNI plugin (the
+	// last release inside containernetworking/plugins, v0.9.1), for
+	// benchmarks against flannel's chain. Its absence is not an error.
+	Flannel bool
 }
 
 // Build compiles the weft plugin from this module and, with standard set,
-// installs the reference plugins (bridge, host-local, portmap v1.9.1) into
-// a new temporary directory. Call it once, from TestMain. WEFT_CNI_PLUGIN_DIR
-// names a directory holding prebuilt binaries instead.
+// installs the reference plugins (bridge, host-local, portmap v1.9.1; and,
+// if it can be fetched, flannel v0.9.1) into a new temporary directory.
+// Everything is built with CGO_ENABLED=0, as CNI plugins are released. Call
+// it once, from TestMain. WEFT_CNI_PLUGIN_DIR names a directory holding
+// prebuilt binaries instead.
 func Build(standard bool) (Plugins, error) {
 	if d := os.Getenv("WEFT_CNI_PLUGIN_DIR"); d != "" {
-		return Plugins{Dir: d}, nil
+		_, err := os.Stat(filepath.Join(d, "flannel"))
+		return Plugins{Dir: d, Flannel: err == nil}, nil
 	}
 	dir, err := os.MkdirTemp("", "weft-cni-plugins-")
 	if err != nil {
 		return Plugins{}, err
 	}
+	env := append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-buildvcs=false", "CGO_ENABLED=0")
 	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "weft"), "github.com/weft-net/weft/cmd/weft")
+	cmd.Env = env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Plugins{}, fmt.Errorf("go build weft: %w\n%s", err, out)
 	}
-	if standard {
-		cmd = exec.Command("go", "install",
-			"github.com/containernetworking/plugins/plugins/main/bridge@v1.9.1",
-			"github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1",
-			"github.com/containernetworking/plugins/plugins/meta/portmap@v1.9.1")
-		cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-buildvcs=false")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return Plugins{}, fmt.Errorf("go install reference plugins: %w\n%s", err, out)
-		}
+	p := Plugins{Dir: dir}
+	if !standard {
+		return p, nil
 	}
-	return Plugins{Dir: dir}, nil
+	cmd = exec.Command("go", "install",
+		"github.com/containernetworking/plugins/plugins/main/bridge@v1.9.1",
+		"github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1",
+		"github.com/containernetworking/plugins/plugins/meta/portmap@v1.9.1")
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Plugins{}, fmt.Errorf("go install reference plugins: %w\n%s", err, out)
+	}
+	cmd = exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/meta/flannel@v0.9.1")
+	cmd.Env = env
+	p.Flannel = cmd.Run() == nil
+	return p, nil
 }
 
 // Runtime plays a container runtime on one host: it runs libcni inside the
