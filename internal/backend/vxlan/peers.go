@@ -111,8 +111,10 @@ type peerTable struct {
 // buildPeers validates leases and returns the table of peers to serve.
 // Leases that cannot be served are left out and reported, one error each.
 // own is this host's subnet, network the overlay; direct reports whether a
-// public address is on the underlay's segment (nil: never).
-func buildPeers(leases []lease.Lease, own, network netip.Prefix, vni int, direct func(netip.Addr) bool, prev *peerTable) (*peerTable, []error) {
+// public address is on the underlay's segment (nil: never); prev is the
+// previous table (its decoded peers are reused); self holds this host's
+// PublicIP and VtepMAC, which no peer may claim.
+func buildPeers(leases []lease.Lease, own, network netip.Prefix, vni int, direct func(netip.Addr) bool, prev *peerTable, self peer) (*peerTable, []error) {
 	t := &peerTable{
 		bySubnet: make(map[netip.Prefix]*peer, len(leases)),
 		byMAC:    make(map[hwAddr]*peer, len(leases)),
@@ -131,6 +133,10 @@ func buildPeers(leases []lease.Lease, own, network netip.Prefix, vni int, direct
 		}
 		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if p.mac == self.mac || (self.public.IsValid() && p.public == self.public) {
+			errs = append(errs, fmt.Errorf("lease %s: PublicIP %s / VtepMAC %s are this host's own (a stale lease of this host?)", p.subnet, p.public, p.mac))
 			continue
 		}
 		if !network.Contains(p.subnet.Addr()) || p.subnet.Bits() < network.Bits() {

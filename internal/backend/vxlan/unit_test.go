@@ -94,10 +94,11 @@ func TestBuildPeers(t *testing.T) {
 		vxLease("10.245.0.0/24", "198.18.0.15", `{"VNI":1,"VtepMAC":"0e:00:00:00:00:05"}`), // outside
 		vxLease("10.244.1.0/25", "198.18.0.16", `{"VNI":1,"VtepMAC":"0e:00:00:00:00:06"}`), // overlaps own
 		vxLease("10.244.6.0/24", "198.18.0.17", `{"VNI":1,"VtepMAC":"bad"}`),
+		vxLease("10.244.7.0/24", "198.18.0.11", `{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}`), // stale own lease
 	}
 	seg := netip.MustParsePrefix("198.18.0.0/24")
-	tbl, errs := buildPeers(ls, own, network, 1, seg.Contains, nil)
-	if len(tbl.peers) != 2 || len(errs) != 4 {
+	tbl, errs := buildPeers(ls, own, network, 1, seg.Contains, nil, peer{public: netip.MustParseAddr("198.18.0.11"), mac: hwAddr{0x0e, 0, 0, 0, 0, 1}})
+	if len(tbl.peers) != 2 || len(errs) != 5 {
 		t.Fatalf("peers %d, errors %d (%v)", len(tbl.peers), len(errs), errs)
 	}
 	if p := tbl.lookupIP(netip.MustParseAddr("10.244.2.77")); p == nil || !p.direct {

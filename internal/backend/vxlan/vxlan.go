@@ -241,7 +241,7 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 		}
 		direct = d
 	}
-	t, problems := buildPeers(peers, b.own, b.host.Network.Network, b.s.vni, direct, b.table.Load())
+	t, problems := buildPeers(peers, b.own, b.host.Network.Network, b.s.vni, direct, b.table.Load(), peer{public: b.host.PublicIP, mac: b.mac})
 	seen := make(map[string]bool, len(problems))
 	for _, p := range problems {
 		msg := p.Error()
