@@ -26,25 +26,35 @@
 // overlay shows each host that forwarded the packet. (flannel's udp proxy
 // decrements the TTL once more on each side and drops a packet whose TTL
 // reaches 0 without an ICMP time-exceeded, so its extra hops show as
-// silent ones.) weftd drops packets with TTL 0, which no router emits. A destination inside the overlay network that no
-// peer holds is answered with ICMP destination-unreachable (network
-// unreachable), following RFC 1812's rules on when not to answer and with a
-// rate limit.
+// silent ones.) weftd drops packets with TTL 0, which no router emits. A
+// destination inside the overlay network that no peer holds is answered
+// with ICMP destination-unreachable (network unreachable) from the TUN
+// device's address, following RFC 1812's rules on when not to answer, with
+// a rate limit, and only once the first Reconcile has listed the peers.
 //
 // # Trust
 //
 // A datagram is accepted only if it comes from the PublicIP of a current
-// udp peer, holds a well-formed IPv4 packet (version, header length, total
-// length equal to the datagram's, header checksum, TTL), whose source lies
-// in that peer's subnet and whose destination lies in this host's subnet.
-// Everything else is dropped and counted ([Stats]). flannel injects whatever
-// arrives on its port.
+// udp peer and from the udp port (peers send from the socket they listen
+// on, as flannel does; a pod on the peer whose traffic the peer
+// masquerades does not), holds a well-formed IPv4 packet (version, header
+// length, total length equal to the datagram's, header checksum, TTL),
+// whose source routes back to that peer (its longest match among the peer
+// subnets is one of that peer's) and whose destination lies in this host's
+// subnet. Everything else is dropped and counted ([Backend.Stats]) and the
+// drops are logged by reason at each Reconcile. flannel injects whatever
+// arrives on its port. Without authentication on the wire, a machine that
+// can forge the source address of a peer on the underlay can still inject
+// packets; the checks bound what it can say (only from that peer's
+// subnets, only to this host's).
 //
 // # Restarts
 //
 // The TUN device is persistent (TUNSETPERSIST): when weftd stops, the device,
 // its address and the overlay route stay, and the next weftd attaches to the
-// same device, so traffic stops only while no weftd is attached.
+// same device, so traffic stops only while no weftd is attached. Should the
+// device be deleted under a running weftd, the next Reconcile recreates it
+// and restarts the packet path.
 package udp
 
 import (
