@@ -181,7 +181,7 @@ var rttRE = regexp.MustCompile(`time=([0-9.]+) ms`)
 
 // pingRTTs sends 5 echoes 50 ms apart and returns the first round trip and
 // the median of the others.
-func pingRTTs(t *testing.T, from *host, to netip.Addr) (first, steady time.Duration) {
+func pingRTTs(t testing.TB, from *host, to netip.Addr) (first, steady time.Duration) {
 	t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", from.pod, "ping", "-c", "5", "-i", "0.05", "-W", "1", to.String()).CombinedOutput()
 	if err != nil {
