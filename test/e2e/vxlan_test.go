@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -621,4 +622,65 @@ func reachAll(ctx context.Context, l *lab.Lab) ([]lab.PodState, error) {
 		return nil, err
 	}
 	return l.Pods(), nil
+}
+
+// TestVXLANDriftRepaired: h1's route, neighbour and FDB entry for h2 are
+// deleted by hand, and a wrong MAC is written into the neighbour for h3;
+// within the resync period everything is as it was and pods reach each
+// other. A route someone else added inside the overlay is left alone.
+func TestVXLANDriftRepaired(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "vxlan", ResyncPeriod: 2 * time.Second})
+	h := nlHandle(t, l, 1)
+	defer h.Close()
+	link, err := h.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := link.Attrs().Index
+	sub2, sub3 := subnetOf(t, l, 2), subnetOf(t, l, 3)
+	macs := leaseMACs(t, l)
+	before := countProgrammed(h)
+	if r, ok := hostRoutes(t, l, 1)[sub2]; !ok {
+		t.Fatal("no route to h2")
+	} else if err := h.RouteDel(&r); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, IP: sub2.Addr().AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	mac2, _ := net.ParseMAC(macs[sub2])
+	h2, _ := l.Host(2)
+	if err := h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF, HardwareAddr: mac2, IP: net.ParseIP(h2.UnderlayIP)}); err != nil {
+		t.Fatal(err)
+	}
+	wrong, _ := net.ParseMAC("0e:00:00:00:be:ef")
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: sub3.Addr().AsSlice(), HardwareAddr: wrong}); err != nil {
+		t.Fatal(err)
+	}
+	foreign := &netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 244, 199, 0), Mask: net.CIDRMask(24, 32)}, Type: unix.RTN_BLACKHOLE, Protocol: unix.RTPROT_STATIC}
+	if err := h.RouteAdd(foreign); err != nil {
+		t.Fatal(err)
+	}
+	took := eventually(t, 4*time.Second, "h1's entries for h2 and h3 restored within the resync period (2s, plus slack for a loaded machine)", func() bool {
+		if countProgrammed(h) != before {
+			return false
+		}
+		ns, _ := h.NeighList(idx, unix.AF_INET)
+		for _, n := range ns {
+			if n.IP.Equal(sub3.Addr().AsSlice()) {
+				return n.HardwareAddr.String() == macs[sub3]
+			}
+		}
+		return false
+	})
+	t.Logf("drift repaired in %s (resync period 2s)", took.Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := reachAll(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	rs, _ := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN, Type: unix.RTN_BLACKHOLE}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
+	if len(rs) != 1 {
+		t.Errorf("the blackhole route someone else added inside the overlay is gone: %v", rs)
+	}
 }

@@ -71,6 +71,29 @@ func TestStaticThreeHosts(t *testing.T) {
 
 	// A second Reconcile changes nothing.
 	tbl := h.be.table.Load()
+	st0, err := h.be.syncEntries(v.Index, tbl, h.subnet)
+	if err != nil || st0.changed() {
+		t.Fatalf("second sync: %+v %v", st0, err)
+	}
+
+	// A neighbour with a wrong MAC is repaired by one Reconcile.
+	wrong := net.HardwareAddr{0x0e, 0, 0, 0, 0xbe, 0xef}
+	if err := h.handle.NeighSet(&netlink.Neigh{LinkIndex: v.Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: net.IPv4(10, 244, 2, 0), HardwareAddr: wrong}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.be.Reconcile(context.Background(), l.leases()); err != nil {
+		t.Fatal(err)
+	}
+	neighs, _ = h.handle.NeighList(v.Index, unix.AF_INET)
+	fixed := false
+	for _, n := range neighs {
+		if n.IP.Equal(net.IPv4(10, 244, 2, 0)) && n.HardwareAddr.String() == l.hosts[1].be.VtepMAC() && n.State == netlink.NUD_PERMANENT {
+			fixed = true
+		}
+	}
+	if !fixed {
+		t.Errorf("wrong neighbour MAC not repaired by one Reconcile: %v", neighs)
+	}
 	st, err := h.be.syncEntries(v.Index, tbl, h.subnet)
 	if err != nil {
 		t.Fatal(err)

@@ -193,7 +193,8 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		var keep bool
 		switch {
 		case n.state&netlink.NUD_PERMANENT != 0:
-			keep = static && p != nil && !p.direct && ip == p.subnet.Addr() && p.mac == m
+			// A wrong MAC at a desired address was replaced above.
+			keep = static && p != nil && !p.direct && ip == p.subnet.Addr()
 		case n.state&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0:
 			keep = p != nil && !p.direct && p.mac == m && !idle[m]
 		default:

@@ -78,7 +78,7 @@ func New(h backend.Host, opts json.RawMessage) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Backend{host: h, s: s, log: log.With("backend", Type, "device", s.device), warned: map[string]bool{}, idle: reactiveIdle}, nil
+	return &Backend{host: h, s: s, log: log.With("device", s.device), warned: map[string]bool{}, idle: reactiveIdle}, nil
 }
 
 // Device returns the name of the VXLAN device.
