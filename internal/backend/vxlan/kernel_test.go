@@ -94,6 +94,25 @@ func TestStaticThreeHosts(t *testing.T) {
 	if !fixed {
 		t.Errorf("wrong neighbour MAC not repaired by one Reconcile: %v", neighs)
 	}
+	// So is an FDB entry pointing at a wrong underlay address.
+	mac2, _ := net.ParseMAC(l.hosts[1].be.VtepMAC())
+	if err := h.handle.NeighSet(&netlink.Neigh{LinkIndex: v.Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF, State: netlink.NUD_PERMANENT, HardwareAddr: mac2, IP: net.IPv4(198, 18, 0, 99)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.be.Reconcile(context.Background(), l.leases()); err != nil {
+		t.Fatal(err)
+	}
+	fdb, _ := h.handle.NeighList(v.Index, unix.AF_BRIDGE)
+	var dsts []string
+	for _, f := range fdb {
+		if f.HardwareAddr.String() == mac2.String() {
+			dsts = append(dsts, f.IP.String())
+		}
+	}
+	if len(dsts) != 1 || dsts[0] != "198.18.0.12" {
+		t.Errorf("FDB destinations of h2's MAC after one Reconcile: %v, want [198.18.0.12]", dsts)
+	}
+	waitPing(t, h, l.hosts[1].podIP, 3*time.Second)
 	st, err := h.be.syncEntries(v.Index, tbl, h.subnet)
 	if err != nil {
 		t.Fatal(err)
