@@ -325,6 +325,11 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if !conf.HasAttachments {
+		// Without the list every allocation would look stale: refuse
+		// rather than free the addresses of running containers.
+		return fieldErr(types.ErrInvalidNetworkConfig, "cni.dev/valid-attachments", "is required for GC (the attachments the runtime still has; an empty list frees everything)")
+	}
 	valid := make(map[types.GCAttachment]bool, len(conf.ValidAttachments))
 	ids := make(map[string]bool, len(conf.ValidAttachments))
 	for _, a := range conf.ValidAttachments {

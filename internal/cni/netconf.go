@@ -45,6 +45,10 @@ type NetConf struct {
 	// IPMasq asks the plugin to make sure pod egress is masqueraded. nil
 	// means "unless weftd does it" (subnet.env's FLANNEL_IPMASQ), as flannel.
 	IPMasq *bool
+	// HasAttachments reports whether the configuration carries the list of
+	// valid attachments (cni.dev/valid-attachments, or the older
+	// cni.dev/attachments), merged into ValidAttachments; GC needs it.
+	HasAttachments bool
 }
 
 // rawConf mirrors the JSON document. Options are pointers so that "absent"
@@ -59,6 +63,9 @@ type rawConf struct {
 	HairpinMode      *bool        `json:"hairpinMode"`
 	IsDefaultGateway *bool        `json:"isDefaultGateway"`
 	Delegate         *rawDelegate `json:"delegate"`
+	// OldAttachments is the GC key of the CNI 1.1 spec's first text,
+	// which libcni still sends next to cni.dev/valid-attachments.
+	OldAttachments []types.GCAttachment `json:"cni.dev/attachments"`
 }
 
 // rawDelegate is flannel's "delegate" object: the options flannel passed on
@@ -93,6 +100,8 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 		IsDefaultGateway: true,
 		IPMasq:           raw.IPMasq,
 	}
+	c.HasAttachments = raw.ValidAttachments != nil || raw.OldAttachments != nil
+	c.ValidAttachments = append(c.ValidAttachments, raw.OldAttachments...)
 	if c.Name == "" {
 		return nil, fieldErr(types.ErrInvalidNetworkConfig, "name", "is required")
 	}

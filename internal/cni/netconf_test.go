@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
@@ -116,4 +117,23 @@ func FuzzPrevResult(f *testing.F) {
 			t.Fatalf("resultAddr returned a non-IPv4 address %s", p)
 		}
 	})
+}
+
+func TestGCAttachmentKeys(t *testing.T) {
+	c, err := ParseNetConf([]byte(`{"cniVersion":"1.1.0","name":"n","cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}`))
+	if err != nil || !c.HasAttachments || len(c.ValidAttachments) != 1 || c.ValidAttachments[0].ContainerID != "a" {
+		t.Errorf("old key: %+v %v", c, err)
+	}
+	c, err = ParseNetConf([]byte(`{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[]}`))
+	if err != nil || !c.HasAttachments || len(c.ValidAttachments) != 0 {
+		t.Errorf("empty list: %+v %v", c, err)
+	}
+	// GC without any list is refused before anything is read or freed.
+	dir := t.TempDir()
+	p := &Plugin{}
+	err = p.GC(&skel.CmdArgs{StdinData: []byte(`{"cniVersion":"1.1.0","name":"n","dataDir":"` + dir + `"}`)})
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Code != types.ErrInvalidNetworkConfig || !strings.Contains(ce.Msg, "cni.dev/valid-attachments") {
+		t.Errorf("GC without attachments: %v", err)
+	}
 }
