@@ -303,6 +303,21 @@ func TestSegmentationOffloadRestored(t *testing.T) {
 	if !feature("tx-tcp-segmentation") {
 		t.Error("TSO still off after weftd's start")
 	}
+	// BIG TCP switched on by hand is switched off again.
+	link, _ := h.handle.LinkByName("flannel.1")
+	if err := h.handle.LinkSetGSOIPv4MaxSize(link, 131072); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.handle.LinkSetGSOMaxSize(link, 131072); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.be.Reconcile(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	link, _ = h.handle.LinkByName("flannel.1")
+	if a := link.Attrs(); a.GSOMaxSize > bigTCPLimit || a.GSOIPv4MaxSize > bigTCPLimit {
+		t.Errorf("BIG TCP left on: gso_max_size %d gso_ipv4_max_size %d", a.GSOMaxSize, a.GSOIPv4MaxSize)
+	}
 	// Forced off: checksum offload goes (and TSO with it).
 	l.start(h, `{"Type":"vxlan","TxChecksumOffload":"off"}`)
 	if feature(txCsumFeature) {
