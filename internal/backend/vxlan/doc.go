@@ -32,13 +32,20 @@
 //
 // For large clusters where each host talks to few others. One device route
 // covers the whole overlay network; the device is created with proxy ARP and
-// L2/L3 miss notifications. When the kernel lacks a neighbour for a pod
-// address it asks user space (an L3 miss, or an application probe when an
-// entry goes stale); Weft looks up the peer whose subnet holds the address
-// and answers with an FDB entry and then a neighbour entry, both
-// NUD_REACHABLE, so they age out when unused. An L2 miss (a known MAC without
-// an FDB entry) is answered with the FDB entry alone. A host then holds
-// entries only for the peers it actually talks to.
+// L2/L3 miss notifications, and its neighbour settings send every address
+// resolution to user space (no unicast or broadcast ARP, three application
+// probes: RTM_GETNEIGH messages). When the kernel lacks a neighbour for a pod
+// address (an L3 miss, or an application probe), Weft finds the peer whose
+// subnet holds the address and answers with an FDB entry and then a
+// neighbour entry, both NUD_REACHABLE; an L2 miss (a MAC without a
+// destination) is answered with the FDB entry. The kernel re-probes entries
+// in use after its reachable time and Weft confirms them, so an active flow
+// never loses its entry. A host then holds entries only for the peers it
+// talks to: entries of a peer that nothing was sent to for five minutes
+// (the FDB entry's "used" time, refreshed by every transmitted frame) are
+// removed by Reconcile. The device's own FDB ageing is pushed out to a year,
+// because it counts from the last update rather than the last use and would
+// cut active flows.
 //
 // # What Weft owns
 //
@@ -62,6 +69,17 @@
 // every entry is replayed. Entries of peers that left while weftd was down
 // are removed by the first Reconcile.
 //
+// Writes go out in batches: hundreds of netlink requests per sendmsg on one
+// socket, then one pass over the acknowledgements, instead of a request and
+// a reply per entry. New routes are added in such a batch with a metric
+// derived from the destination (see routeMetric): the kernel's next-hop
+// hash ignores gateways, so thousands of routes with distinct gateways on
+// one device otherwise share a hash chain and each insert walks it. Package
+// routes then checks the result and handles changes, removals and routes
+// Weft did not make; when the routes are already exactly as desired (the
+// common resync) it is not called at all. 5000 peers are programmed in about
+// 0.1 s and a resync of 5000 unchanged peers takes about 0.03 s.
+//
 // # The VtepMAC
 //
 // Peers hold permanent entries for this host's VtepMAC, so it must not change
@@ -70,11 +88,16 @@
 // Weft keeps its MAC) or else derived from the host's PublicIP and the VNI, so
 // even a lost state directory yields the same MAC.
 //
-// # Checksum offload
+// # Offloads
 //
 // Kernels before 5.7 compute a wrong outer UDP checksum for VXLAN packets
 // that were NATed with random-fully masquerading (flannel issue 1279, Calico
 // issue 3145). On such kernels Weft turns off tx checksum offload on the
 // device (which also turns off TSO, so it is not done where not needed) and
-// logs it; option TxChecksumOffload ("auto", "on", "off") overrides.
+// logs it; option TxChecksumOffload ("auto", "on", "off") overrides. On
+// every start and device creation Weft also turns TSO and GSO back on on the
+// device if someone turned them off, keeps BIG TCP off it (oversized GSO
+// packets are cut in the tunnel), and warns when the underlay device cannot
+// segment tunnelled packets (tx-udp_tnl-segmentation): without these the
+// tunnel runs at a third of its speed or less.
 package vxlan
