@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,7 +86,10 @@ func testCNILab(t *testing.T, backend string) {
 	}
 	h1, _ := l.Host(1)
 	outNS, outAddr := l.Outside()
-	got := udpSource(t, src.Netns, outNS, outAddr)
+	got, err := udpSource(src.Netns, outNS, outAddr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, diagnose(l, 1))
+	}
 	t.Logf("pod %s (%s) -> outside %s: the outside sees %s", src.Name, src.IP, outAddr, got)
 	if got != netip.MustParseAddr(h1.UnderlayIP) {
 		t.Errorf("pod %s to the outside: source %s, want host h1's underlay address %s", src.Name, got, h1.UnderlayIP)
@@ -94,7 +99,11 @@ func testCNILab(t *testing.T, backend string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := udpSource(t, src.Netns, p.Netns, netip.MustParseAddr(p.IP)); got.String() != src.IP {
+		got, err := udpSource(src.Netns, p.Netns, netip.MustParseAddr(p.IP))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, diagnose(l, 1))
+		}
+		if got.String() != src.IP {
 			t.Errorf("pod %s to pod %s: source %s, want the pod's own %s", src.Name, p.Name, got, src.IP)
 		}
 	}
@@ -112,14 +121,13 @@ func testCNILab(t *testing.T, backend string) {
 
 // udpSource sends a datagram from namespace from to dst (a socket opened in
 // namespace to) and returns the source address the receiver saw.
-func udpSource(t *testing.T, from, to string, dst netip.Addr) netip.Addr {
-	t.Helper()
+func udpSource(from, to string, dst netip.Addr) (netip.Addr, error) {
 	var conn *net.UDPConn
 	if err := netnsutil.DoNamed(to, func() (err error) {
 		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: dst.AsSlice()})
 		return err
 	}); err != nil {
-		t.Fatal(err)
+		return netip.Addr{}, err
 	}
 	defer conn.Close()
 	port := conn.LocalAddr().(*net.UDPAddr).Port
@@ -137,14 +145,36 @@ func udpSource(t *testing.T, from, to string, dst netip.Addr) netip.Addr {
 			_, err = c.Write([]byte("weft"))
 			return err
 		}); err != nil {
-			t.Fatal(err)
+			return netip.Addr{}, err
 		}
 		_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		_, src, err := conn.ReadFromUDPAddrPort(buf)
 		if err == nil {
-			return src.Addr().Unmap()
+			return src.Addr().Unmap(), nil
 		}
 	}
-	t.Fatalf("no datagram from %s reached %s in %s", from, dst, to)
-	return netip.Addr{}
+	return netip.Addr{}, fmt.Errorf("no datagram from %s reached %s in %s within 10s", from, dst, to)
+}
+
+// diagnose describes host i's datapath for a failure message: routes,
+// neighbours, nftables, and the end of weftd's log.
+func diagnose(l *lab.Lab, i int) string {
+	h, err := l.Host(i)
+	if err != nil {
+		return err.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	for _, args := range [][]string{{"ip", "-d", "link"}, {"ip", "addr"}, {"ip", "route"}, {"ip", "neigh"}, {"nft", "list", "ruleset"}} {
+		out, err := inNS(ctx, h.Netns, args...)
+		fmt.Fprintf(&b, "--- %s: %s (%v)\n%s", h.Name, strings.Join(args, " "), err, out)
+	}
+	if log, err := os.ReadFile(h.Log); err == nil {
+		if len(log) > 4000 {
+			log = log[len(log)-4000:]
+		}
+		fmt.Fprintf(&b, "--- %s: weftd log (end)\n%s", h.Name, log)
+	}
+	return b.String()
 }
