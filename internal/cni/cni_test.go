@@ -279,6 +279,14 @@ func TestAddCheckDel(t *testing.T) {
 	if err := h.del(l, "never-added", ""); err != nil {
 		t.Errorf("DEL of an unknown container: %v", err)
 	}
+	// A namespace path whose bind mount is gone (a plain file is left).
+	stale := filepath.Join(h.dir, "stale-netns")
+	if err := os.WriteFile(stale, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.del(l, "never-added-2", stale); err != nil {
+		t.Errorf("DEL with a namespace path that is no namespace: %v", err)
+	}
 	if got := h.allocations(); len(got) != 0 {
 		t.Errorf("allocations left: %v", got)
 	}
