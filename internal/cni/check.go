@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Check verifies that the attachment described by prevResult is still in
@@ -49,7 +50,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	}
 	errs = append(errs, checkAllocation(conf, args, addr.Addr()))
 
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
@@ -146,7 +147,7 @@ func checkHostVeth(h *netlink.Handle, name string, brIndex int, hairpin bool) er
 }
 
 func checkContainer(cns ns.NetNS, ifName string, addr netip.Prefix, mtu int, gw netip.Addr, routes []netip.Prefix) error {
-	ch, err := netlink.NewHandleAt(netns.NsHandle(cns.Fd()))
+	ch, err := netlink.NewHandleAt(netns.NsHandle(cns.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in the container's namespace: %w", err)
 	}

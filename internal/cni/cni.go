@@ -26,6 +26,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/subnetenv"
@@ -118,7 +119,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
 	hostName := hostVethName(conf.Name, args.ContainerID, args.IfName)
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
@@ -148,7 +149,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	ch, err := netlink.NewHandleAt(netns.NsHandle(cns.Fd()))
+	ch, err := netlink.NewHandleAt(netns.NsHandle(cns.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in the container's namespace: %w", err)
 	}
@@ -214,7 +215,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		defer store.Close()
 		errs = append(errs, store.Locked(func() error { _, err := store.Release(args.ContainerID, args.IfName); return err }))
 	}
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("netlink: %w", err))...)
 	}
@@ -253,7 +254,7 @@ func removeContainerLink(nsPath, ifName string) error {
 		return fmt.Errorf("container namespace %s: %w", nsPath, err)
 	}
 	defer cns.Close()
-	ch, err := netlink.NewHandleAt(netns.NsHandle(cns.Fd()))
+	ch, err := netlink.NewHandleAt(netns.NsHandle(cns.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in the container's namespace: %w", err)
 	}
@@ -353,7 +354,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	})
 	errs := []error{err}
 	if len(freed) > 0 {
-		h, herr := netlink.NewHandle()
+		h, herr := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if herr != nil {
 			errs = append(errs, fmt.Errorf("netlink: %w", herr))
 		} else {
