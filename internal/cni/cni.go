@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -296,9 +295,11 @@ func removeHostVeth(h *netlink.Handle, name string) (bool, error) {
 	return true, nil
 }
 
+// isNotFound reports whether err says the link is gone already (someone
+// else, or the namespace's end, removed it first).
 func isNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf) || strings.Contains(err.Error(), "no such device") || errors.Is(err, fs.ErrNotExist)
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, fs.ErrNotExist)
 }
 
 // Status reports whether the plugin can serve ADD: weftd has written
