@@ -36,9 +36,11 @@ type Store struct {
 
 // Allocation is one address held by an attachment.
 type Allocation struct {
-	Addr        netip.Addr
-	ContainerID string
-	IfName      string // empty in files written by old host-local versions
+	// Addr is the address held.
+	Addr netip.Addr
+	// ContainerID and IfName name the attachment holding it. IfName is
+	// empty in files written by old host-local versions.
+	ContainerID, IfName string
 }
 
 // OpenStore opens (creating if needed) the allocation directory of network
