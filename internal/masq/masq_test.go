@@ -346,3 +346,29 @@ func TestKeep(t *testing.T) {
 		t.Fatal("Keep did not return after its context was cancelled")
 	}
 }
+
+// TestEnsureConcurrent: many callers at once (weftd and a burst of plugin
+// processes) all succeed and leave exactly one copy of the rules.
+func TestEnsureConcurrent(t *testing.T) {
+	cnitest.RequireRoot(t)
+	host := cnitest.NewNS(t, cnitest.NSName("m", "conc"))
+	const n = 20
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			errs <- cnitest.In(host, func() error { return masq.Ensure(network, hostSubnet) })
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent Ensure: %v", err)
+		}
+	}
+	var rs []string
+	if err := cnitest.In(host, func() (err error) { rs, err = masq.Rules(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 4 {
+		t.Errorf("after %d concurrent Ensure calls: rules %q", n, rs)
+	}
+}
