@@ -47,8 +47,12 @@ func newPeersCmd(g *etcdFlags) *cobra.Command {
 			if !cmd.Flags().Changed("backend") {
 				bt = n.BackendType
 			}
-			if bt == "udp" {
+			switch bt {
+			case "vxlan", "host-gw":
+			case "udp", "":
 				bt = "" // flannel's udp leases carry no BackendType
+			default:
+				return fmt.Errorf("--backend %q: want vxlan, host-gw or udp", bt)
 			}
 			cur, err := s.Leases(ctx)
 			if err != nil {
@@ -60,7 +64,7 @@ func newPeersCmd(g *etcdFlags) *cobra.Command {
 			}
 			ls, err := peergen.Leases(n, peergen.Options{Count: count, BackendType: bt, VNI: vni, Taken: taken})
 			if err != nil {
-				return fmt.Errorf("--count: %w", err)
+				return fmt.Errorf("--count %d: %w", count, err)
 			}
 			if batch <= 0 {
 				batch = len(ls)

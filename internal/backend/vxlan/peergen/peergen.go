@@ -44,11 +44,11 @@ type Options struct {
 // from it.
 func Leases(n *config.Network, o Options) ([]lease.Lease, error) {
 	if o.Count < 0 || o.Count > MaxCount {
-		return nil, fmt.Errorf("count %d out of range 0-%d", o.Count, MaxCount)
+		return nil, fmt.Errorf("%d peers is out of range 0-%d", o.Count, MaxCount)
 	}
 	free := n.SubnetCount() - uint64(len(o.Taken))
 	if uint64(o.Count) > free {
-		return nil, fmt.Errorf("count %d: the network %s has only %d free subnets", o.Count, n.Network, free)
+		return nil, fmt.Errorf("%d peers do not fit: the network %s has %d free subnets", o.Count, n.Network, free)
 	}
 	vni := o.VNI
 	if vni == 0 {

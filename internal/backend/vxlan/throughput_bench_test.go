@@ -1,0 +1,80 @@
+package vxlan
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkKernelPodToPod measures TCP throughput between pods behind a
+// cni0 bridge on two hosts over Weft's VXLAN device, against the underlay
+// between the same hosts, in the same run (iperf3 -A 0,1, 4 s, five pairs
+// back to back, median of the pair ratios). The backend is driven directly
+// (no weftd, no CNI plugin), so this isolates the device and its entries.
+// Run:
+//
+//	go test -run '^$' -bench KernelPodToPod -benchtime 1x -v ./internal/backend/vxlan
+func BenchmarkKernelPodToPod(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 is not installed")
+	}
+	l := newLab(b, testNet)
+	for i := 1; i <= 2; i++ {
+		l.addHost("br0", netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)}), 24), netip.Addr{})
+	}
+	for _, h := range l.hosts {
+		l.start(h, "")
+	}
+	l.reconcileAll()
+	h1, h2 := l.hosts[0], l.hosts[1]
+	// Pods get the overlay MTU, as the CNI plugin gives them.
+	for _, h := range l.hosts {
+		run(b, "ip", "-n", h.pod, "link", "set", "eth0", "mtu", strconv.Itoa(h.local.MTU))
+	}
+	for _, ns := range []string{h2.ns, h2.pod} {
+		srv := exec.Command("ip", "netns", "exec", ns, "iperf3", "-s", "-p", "5201")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	}
+	waitPing(b, h1, h2.podIP, 5*time.Second)
+	time.Sleep(300 * time.Millisecond) // iperf3 servers start listening; nothing to poll from here cheaply
+	for i := 0; i < b.N; i++ {
+		var ratios, ul, pod []float64
+		for range 5 {
+			u := iperf(b, h1.ns, h2.public.String())
+			p := iperf(b, h1.pod, h2.podIP.String())
+			ul, pod, ratios = append(ul, u), append(pod, p), append(ratios, p/u)
+		}
+		slices.Sort(ratios)
+		b.Logf("underlay %.2f, pod %.2f Gbit/s; pair ratios %.3f", ul, pod, ratios)
+		b.ReportMetric(ratios[len(ratios)/2], "ratio")
+	}
+}
+
+func iperf(b *testing.B, ns, dst string) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "iperf3", "-c", dst, "-p", "5201", "-t", "4", "-A", "0,1", "-J").Output()
+	if err != nil {
+		b.Fatalf("iperf3 %s -> %s: %v", ns, dst, err)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		b.Fatal(err)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9
+}
