@@ -696,33 +696,45 @@ func TestFlannelConflistWithPortmap(t *testing.T) {
 	}
 	defer ln.Close()
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		b := make([]byte, 5)
-		if _, err := io.ReadFull(c, b); err == nil {
-			_, _ = c.Write([]byte("pong:" + string(b)))
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				b := make([]byte, 5)
+				if _, err := io.ReadFull(c, b); err == nil {
+					_, _ = c.Write([]byte("pong:" + string(b)))
+				}
+			}()
 		}
 	}()
-	var reply []byte
-	err = cnitest.In(client, func() error {
-		c, err := net.DialTimeout("tcp", "198.18.77.1:8080", 5*time.Second)
-		if err != nil {
+	exchange := func(from string) (string, error) {
+		var reply []byte
+		err := cnitest.In(from, func() error {
+			c, err := net.DialTimeout("tcp", "198.18.77.1:8080", 5*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte("hello")); err != nil {
+				return err
+			}
+			reply, err = io.ReadAll(c)
 			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("hello")); err != nil {
-			return err
-		}
-		reply, err = io.ReadAll(c)
-		return err
-	})
-	if err != nil || string(reply) != "pong:hello" {
+		})
+		return string(reply), err
+	}
+	if reply, err := exchange(client); err != nil || reply != "pong:hello" {
 		t.Fatalf("client through host port 8080: reply %q, %v", reply, err)
+	}
+	// Hairpin: the pod reaches itself through the host port, which needs
+	// the bridge to send the frame back out of the port it came in on.
+	if reply, err := exchange(pod); err != nil || reply != "pong:hello" {
+		t.Errorf("pod to itself through host port 8080 (hairpin): reply %q, %v", reply, err)
 	}
 	if err := h.rt.Del(ctx, l, rt); err != nil {
 		t.Errorf("DEL: %v", err)
