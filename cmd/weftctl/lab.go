@@ -100,6 +100,7 @@ func newLabUpCmd() *cobra.Command {
 	f.StringVar(&spec.Network, "network", lab.DefaultNetwork, "overlay network")
 	f.DurationVar(&spec.ResyncPeriod, "resync-period", lab.DefaultResyncPeriod, "weftd --resync-period")
 	f.IntVar(&spec.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay links")
+	f.StringVar(&spec.UnderlayNeighbours, "underlay-neighbours", "auto", "how hosts resolve underlay addresses: arp, static (permanent entries), or auto (static only for labs too big for the kernel's shared ARP table)")
 	f.IntSliceVar(&remote, "remote-hosts", nil, "hosts placed on a second underlay segment (198.18.1.0/24) behind a router")
 	f.StringArrayVar(&weftdArgs, "weftd-arg", nil, "extra weftd flag for one host, HOST=ARG (repeatable)")
 	f.StringVar(&spec.Weftd, "weftd", "", "weftd binary (default: next to weftctl, then $PATH)")

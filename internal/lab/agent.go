@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -140,10 +141,20 @@ func (l *Lab) waitAgents(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// agentLogs returns the end of every weftd log, for error messages.
-func (l *Lab) agentLogs() string {
+// agentLogs returns the end of the weftd logs of hosts (host indexes; all
+// hosts when empty), at most limit of them, for error messages.
+func (l *Lab) agentLogs(hosts []int, limit int) string {
 	var b strings.Builder
+	n := 0
 	for _, h := range l.State().Hosts {
+		if len(hosts) > 0 && !slices.Contains(hosts, h.Index) {
+			continue
+		}
+		if n == limit {
+			fmt.Fprintf(&b, "\n(more logs under %s)", l.state.Dir)
+			break
+		}
+		n++
 		fmt.Fprintf(&b, "\n--- %s (%s) ---\n%s", h.Name, h.Log, tail(h.Log, 1500))
 	}
 	return b.String()

@@ -220,7 +220,7 @@ func Up(ctx context.Context, spec Spec) (l *Lab, err error) {
 			return nil, rerr
 		}
 		if !m.All() {
-			return nil, fmt.Errorf("lab %s: pods cannot reach each other after %s: %s%s", spec.Name, spec.ReadyTimeout, strings.Join(m.Missing(), ", "), l.agentLogs())
+			return nil, fmt.Errorf("lab %s: pods cannot reach each other after %s: %s%s", spec.Name, spec.ReadyTimeout, summarize(m.Missing(), 12), l.agentLogs(m.failingHosts(), 3))
 		}
 	}
 	return l, nil
@@ -491,4 +491,12 @@ func (l *Lab) Ping(ctx context.Context, pod string, dst string) error {
 		return err
 	}
 	return pingUntil(ctx, ns, a, 100*time.Millisecond)
+}
+
+// summarize joins the first n items and says how many more there are.
+func summarize(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
 }

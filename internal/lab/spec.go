@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -56,6 +59,14 @@ type Spec struct {
 	Segments map[int]int `json:"segments,omitempty"`
 	// UnderlayMTU is the MTU of the underlay links (default 1500).
 	UnderlayMTU int `json:"underlay_mtu,omitempty"`
+	// UnderlayNeighbours says how underlay addresses are resolved to MACs:
+	// "arp" (as on a real network), "static" (permanent neighbour entries
+	// written by the lab) or "" / "auto": static only when the lab is so
+	// big that its ARP entries would crowd the kernel's neighbour table,
+	// which all namespaces share (net.ipv4.neigh.default.gc_thresh*, set in
+	// the root namespace only). Permanent entries are exempt from that
+	// limit. After normalize it is "arp" or "static".
+	UnderlayNeighbours string `json:"underlay_neighbours,omitempty"`
 	// Weftd and Weftctl are the binaries to run. Weftctl runs the lab's
 	// etcd (`weftctl etcd`). Empty means: Weftctl is the running program,
 	// Weftd sits next to it (or is found on $PATH).
@@ -108,6 +119,16 @@ func (s *Spec) normalize() error {
 	}
 	if s.UnderlayMTU < 576 || s.UnderlayMTU > 65535 {
 		return fmt.Errorf("lab: underlay MTU %d out of range 576..65535", s.UnderlayMTU)
+	}
+	switch s.UnderlayNeighbours {
+	case "", "auto":
+		s.UnderlayNeighbours = "arp"
+		if s.arpEntries() > neighbourBudget() {
+			s.UnderlayNeighbours = "static"
+		}
+	case "arp", "static":
+	default:
+		return fmt.Errorf("lab: underlay neighbours %q: want auto, arp or static", s.UnderlayNeighbours)
 	}
 	for h := range s.HostArgs {
 		if h < 1 || h > s.Hosts {
@@ -177,4 +198,28 @@ func (s *Spec) networkConfig() []byte {
 	}{s.Network, s.BackendConfig}
 	b, _ := json.Marshal(cfg) // cannot fail: a string and valid raw JSON
 	return b
+}
+
+// arpEntries estimates the dynamic neighbour entries the lab needs when
+// its underlay uses ARP: every host resolves every other host and the
+// etcd, the etcd resolves every host, and each pod and its host resolve
+// each other.
+func (s *Spec) arpEntries() int {
+	return s.Hosts*(s.Hosts-1) + 2*s.Hosts + 2*s.Hosts*s.Pods
+}
+
+// neighbourBudget is how many dynamic neighbour entries a lab may use:
+// half of gc_thresh2, above which the kernel starts evicting entries that
+// are in use, so that other labs and tests on the machine keep room too.
+func neighbourBudget() int {
+	const fallback = 512 // the kernel's default gc_thresh2
+	b, err := os.ReadFile("/proc/sys/net/ipv4/neigh/default/gc_thresh2")
+	if err != nil {
+		return fallback / 2
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n <= 0 {
+		return fallback / 2
+	}
+	return n / 2
 }

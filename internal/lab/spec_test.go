@@ -39,6 +39,7 @@ func TestSpecNormalize(t *testing.T) {
 		{Spec{Name: "x", Hosts: 2, Backend: "vxlan", Segments: map[int]int{2: 2}}, "segment"},
 		{Spec{Name: "x", Hosts: 2, Backend: "vxlan", Segments: map[int]int{0: 1}}, "segments"},
 		{Spec{Name: "x", Hosts: 2, Backend: "vxlan", UnderlayMTU: 100}, "MTU"},
+		{Spec{Name: "x", Hosts: 2, Backend: "vxlan", UnderlayNeighbours: "ndp"}, "underlay neighbours"},
 	} {
 		err := tc.spec.normalize()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -149,6 +150,27 @@ func TestUpRefusesBadConfigFirst(t *testing.T) {
 		}
 		if exists, _ := Exists("zbadcfg"); exists {
 			t.Fatalf("Up left something of lab zbadcfg behind")
+		}
+	}
+}
+
+func TestUnderlayNeighboursAuto(t *testing.T) {
+	for _, tc := range []struct {
+		hosts, pods int
+		mode, want  string
+	}{
+		{3, 2, "", "arp"},
+		{3, 2, "static", "static"},
+		{100, 1, "", "static"},
+		{100, 1, "auto", "static"},
+		{100, 1, "arp", "arp"},
+	} {
+		s := Spec{Name: "x", Hosts: tc.hosts, Pods: tc.pods, Backend: "host-gw", UnderlayNeighbours: tc.mode}
+		if err := s.normalize(); err != nil {
+			t.Fatal(err)
+		}
+		if s.UnderlayNeighbours != tc.want {
+			t.Errorf("%d hosts, %d pods, %q: %s, want %s", tc.hosts, tc.pods, tc.mode, s.UnderlayNeighbours, tc.want)
 		}
 	}
 }

@@ -12,7 +12,11 @@ import (
 // pods (host, address) and, when m is not nil, the reachability matrix.
 func (s *State) WriteTable(w io.Writer, m *Matrix) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "lab %s: backend %s, etcd %s (from the lab: %s)\n\n", s.Name, s.Spec.Backend, s.Etcd, s.EtcdUnderlay)
+	fmt.Fprintf(tw, "lab %s: backend %s, etcd %s (from the lab: %s)\n", s.Name, s.Spec.Backend, s.Etcd, s.EtcdUnderlay)
+	if s.Spec.UnderlayNeighbours == "static" {
+		fmt.Fprintf(tw, "underlay neighbours: static (ARP for %d hosts would crowd the kernel's shared neighbour table)\n", len(s.Hosts))
+	}
+	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "HOST\tNETNS\tUNDERLAY\tSUBNET\tWEFTD PID\tPODS")
 	for _, h := range s.Hosts {
 		var pods []string

@@ -252,5 +252,57 @@ func buildUnderlay(spec *Spec, set *nsSet) error {
 			return err
 		}
 	}
+	if spec.UnderlayNeighbours == "static" {
+		return staticNeighbours(spec, set)
+	}
+	return nil
+}
+
+// station is an address on an underlay segment and the link that owns it.
+type station struct {
+	ns   string // namespace
+	dev  string // device in ns
+	addr netip.Addr
+	mac  net.HardwareAddr
+}
+
+// staticNeighbours writes permanent neighbour entries so that nothing on
+// the underlay needs ARP: every station learns every other station of its
+// segment. Permanent entries do not count against the kernel's shared
+// neighbour table limits, which a big lab would otherwise exhaust.
+func staticNeighbours(spec *Spec, set *nsSet) error {
+	segs := [2][]station{
+		{{ns: ulNS(spec.Name), dev: "br0", addr: etcdAddr.Addr()}},
+	}
+	if _, ok := set.nl[rtNS(spec.Name)]; ok {
+		segs[0] = append(segs[0], station{ns: rtNS(spec.Name), dev: "eth0", addr: routerAddr[0].Addr()})
+		segs[1] = append(segs[1], station{ns: rtNS(spec.Name), dev: "eth1", addr: routerAddr[1].Addr()})
+	}
+	for i := 1; i <= spec.Hosts; i++ {
+		seg := spec.segment(i)
+		segs[seg] = append(segs[seg], station{ns: hostNS(spec.Name, i), dev: "eth0", addr: spec.underlayIP(i)})
+	}
+	for _, stations := range segs {
+		idx := make([]int, len(stations))
+		for k := range stations {
+			l, err := set.nl[stations[k].ns].LinkByName(stations[k].dev)
+			if err != nil {
+				return fmt.Errorf("lab: %s in %s: %w", stations[k].dev, stations[k].ns, err)
+			}
+			stations[k].mac, idx[k] = l.Attrs().HardwareAddr, l.Attrs().Index
+		}
+		for k, st := range stations {
+			h := set.nl[st.ns]
+			for m, peer := range stations {
+				if m == k {
+					continue
+				}
+				n := &netlink.Neigh{LinkIndex: idx[k], Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: peer.addr.AsSlice(), HardwareAddr: peer.mac}
+				if err := h.NeighSet(n); err != nil {
+					return fmt.Errorf("lab: neighbour %s on %s in %s: %w", peer.addr, st.dev, st.ns, err)
+				}
+			}
+		}
+	}
 	return nil
 }

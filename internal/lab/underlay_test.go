@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"golang.org/x/sys/unix"
 )
 
 func requireRoot(t *testing.T) {
@@ -51,12 +53,19 @@ func cleanStale(t *testing.T) {
 }
 
 // TestUnderlaySegments builds the underlay alone (no etcd, no weftd): two
-// hosts on segment 0 and one on segment 1 behind the router. Every host
-// reaches the etcd's address and every other host; Down removes it all.
+// hosts on segment 0 and one on segment 1 behind the router, resolving
+// addresses with ARP and with static neighbours. Every host reaches the
+// etcd's address and every other host; Down removes it all.
 func TestUnderlaySegments(t *testing.T) {
 	requireRoot(t)
 	cleanStale(t)
-	spec := Spec{Name: fmt.Sprintf("u%dx1", os.Getpid()), Hosts: 3, Backend: "host-gw", Segments: map[int]int{3: 1}}
+	for k, mode := range []string{"arp", "static"} {
+		t.Run(mode, func(t *testing.T) { testUnderlay(t, k+3, mode) })
+	}
+}
+
+func testUnderlay(t *testing.T, n int, mode string) {
+	spec := Spec{Name: fmt.Sprintf("u%dx%d", os.Getpid(), n), Hosts: 3, Backend: "host-gw", Segments: map[int]int{3: 1}, UnderlayNeighbours: mode}
 	if err := spec.normalize(); err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +110,20 @@ func TestUnderlaySegments(t *testing.T) {
 	}
 	if !rs[0].Gw.Equal(routerAddr[0].Addr().AsSlice()) {
 		t.Errorf("h1 reaches h3 via %v, want the router %s", rs[0].Gw, routerAddr[0].Addr())
+	}
+	neighs, err := h1.NeighList(0, unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	permanent := 0
+	for _, nb := range neighs {
+		if nb.State == netlink.NUD_PERMANENT {
+			permanent++
+		}
+	}
+	// h1's segment holds the etcd, the router and h2.
+	if want := map[string]int{"arp": 0, "static": 3}[mode]; permanent != want {
+		t.Errorf("%s: h1 has %d permanent neighbours, want %d", mode, permanent, want)
 	}
 }
 
