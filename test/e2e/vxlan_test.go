@@ -684,3 +684,61 @@ func TestVXLANDriftRepaired(t *testing.T) {
 		t.Errorf("the blackhole route someone else added inside the overlay is gone: %v", rs)
 	}
 }
+
+// TestVXLANReactiveHoldsOnlyUsedPeers: in reactive mode a host has one
+// route for the overlay and, after its pod talked to host 2's pod only,
+// neighbour and FDB entries for host 2 and none for host 3.
+func TestVXLANReactiveHoldsOnlyUsedPeers(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 1, Backend: "vxlan", SkipReachability: true,
+		BackendConfig: json.RawMessage(`{"Type":"vxlan","Mode":"reactive"}`)})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, i := range []int{1, 2, 3} {
+		if err := l.WaitReady(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst, _ := l.Pod(2, 1)
+	if err := l.Ping(ctx, "h1-p1", dst.IP); err != nil {
+		t.Fatal(err)
+	}
+	rs := hostRoutes(t, l, 1)
+	if len(rs) != 1 {
+		t.Errorf("h1 has %d Weft routes, want 1 (the overlay): %v", len(rs), rs)
+	}
+	macs := leaseMACs(t, l)
+	sub2, sub3 := subnetOf(t, l, 2), subnetOf(t, l, 3)
+	h := nlHandle(t, l, 1)
+	defer h.Close()
+	link, err := h.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := h.NeighList(link.Attrs().Index, unix.AF_INET)
+	var to2 int
+	for _, n := range ns {
+		a, _ := netip.AddrFromSlice(n.IP)
+		switch {
+		case sub2.Contains(a.Unmap()):
+			to2++
+		case sub3.Contains(a.Unmap()):
+			t.Errorf("neighbour for host 3, which h1 never talked to: %v", n)
+		}
+	}
+	if to2 == 0 {
+		t.Errorf("no neighbour for host 2's pod after the ping: %v", ns)
+	}
+	fs, _ := h.NeighList(link.Attrs().Index, unix.AF_BRIDGE)
+	var fdb2 bool
+	for _, f := range fs {
+		switch f.HardwareAddr.String() {
+		case macs[sub2]:
+			fdb2 = true
+		case macs[sub3]:
+			t.Errorf("FDB entry for host 3, which h1 never talked to: %v", f)
+		}
+	}
+	if !fdb2 {
+		t.Errorf("no FDB entry for host 2 after the ping: %v", fs)
+	}
+}
