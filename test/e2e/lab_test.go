@@ -268,3 +268,32 @@ func TestLabLeavesRootNamespaceAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestLabThirtyHosts: a lab big enough that ARP on its underlay would
+// crowd the kernel's neighbour table (shared by every namespace) comes up
+// with static underlay neighbours, and every pod reaches every other.
+func TestLabThirtyHosts(t *testing.T) {
+	start := time.Now()
+	l := upLab(t, lab.Spec{Hosts: 30, Pods: 1, Backend: "host-gw"})
+	t.Logf("30 hosts up and all pairs reachable in %s", time.Since(start).Round(time.Millisecond))
+	st := l.State()
+	if st.Spec.UnderlayNeighbours != "static" {
+		t.Errorf("underlay neighbours %q, want static for 30 hosts", st.Spec.UnderlayNeighbours)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := l.Reachability(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Pods) != 30 || !m.All() {
+		t.Fatalf("%d pods; unreachable: %v", len(m.Pods), m.Missing())
+	}
+	subnets := map[string]bool{}
+	for _, h := range st.Hosts {
+		if h.Subnet == "" || subnets[h.Subnet] {
+			t.Errorf("%s: subnet %q missing or leased twice", h.Name, h.Subnet)
+		}
+		subnets[h.Subnet] = true
+	}
+}
