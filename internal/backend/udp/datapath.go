@@ -103,21 +103,24 @@ func newBuffers(n, off int) *buffers {
 }
 
 // datapath is one running instance of the packet path: the attached TUN
-// device, the socket and the routines moving packets between them.
+// queues, the socket and the routines moving packets between them.
 type datapath struct {
-	dev  *tunDevice
-	bind conn.Bind
-	wg   sync.WaitGroup
+	queues tunQueues
+	bind   conn.Bind
+	wg     sync.WaitGroup
 }
 
-// startDatapath starts the packet path over dev and bind: one routine from
-// the TUN device to the peers, one per receive function from the peers to
-// the TUN device.
-func (b *Backend) startDatapath(dev *tunDevice, bind conn.Bind, recvs []conn.ReceiveFunc) *datapath {
-	dp := &datapath{dev: dev, bind: bind}
-	dp.wg.Go(func() { b.routineTUNToPeers(dev, bind) })
-	for _, recv := range recvs {
-		dp.wg.Go(func() { b.routinePeersToTUN(dev, recv, bind.BatchSize()) })
+// startDatapath starts the packet path over queues and bind: one routine
+// per TUN queue to the peers, one per receive function from the peers to
+// the TUN device (writes may use any queue).
+func (b *Backend) startDatapath(queues tunQueues, bind conn.Bind, recvs []conn.ReceiveFunc) *datapath {
+	dp := &datapath{queues: queues, bind: bind}
+	for _, q := range queues {
+		dp.wg.Go(func() { b.routineTUNToPeers(q, bind) })
+	}
+	for i, recv := range recvs {
+		q := queues[i%len(queues)]
+		dp.wg.Go(func() { b.routinePeersToTUN(q, recv, bind.BatchSize()) })
 	}
 	return dp
 }
@@ -125,7 +128,7 @@ func (b *Backend) startDatapath(dev *tunDevice, bind conn.Bind, recvs []conn.Rec
 // stop closes the socket and detaches from the TUN device (which stays),
 // and waits for the routines to return.
 func (dp *datapath) stop() error {
-	err := errors.Join(dp.bind.Close(), dp.dev.Close())
+	err := errors.Join(dp.bind.Close(), dp.queues.Close())
 	dp.wg.Wait()
 	return err
 }

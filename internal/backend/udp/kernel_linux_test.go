@@ -293,6 +293,12 @@ func TestKernelPodToPod(t *testing.T) {
 	if link.Attrs().MTU != 1500-28 || link.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("%s: MTU %d flags %v, want 1472 and up", DefaultDevice, link.Attrs().MTU, link.Attrs().Flags)
 	}
+	tt, ok := link.(*netlink.Tuntap)
+	if !ok || tt.Mode != netlink.TUNTAP_MODE_TUN || tt.NonPersist {
+		t.Errorf("%s: %#v, want a persistent TUN device", DefaultDevice, link)
+	} else if want := queueCount() > 1; (tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0) != want {
+		t.Errorf("%s: flags %v, want multi-queue %v", DefaultDevice, tt.Flags, want)
+	}
 	rs, err := h1.nl.RouteList(link, netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatal(err)
@@ -554,5 +560,31 @@ func TestKernelDeviceDeleted(t *testing.T) {
 	after, _ := h1.nl.LinkByName(DefaultDevice)
 	if before == nil || after == nil || before.Attrs().Index != after.Attrs().Index {
 		t.Errorf("second Reconcile replaced the device")
+	}
+}
+
+// TestKernelAdoptsSingleQueueDevice: a persistent single-queue TUN device
+// of the right name (an earlier weftd's, or made by hand) is attached as
+// it is, not deleted under its traffic.
+func TestKernelAdoptsSingleQueueDevice(t *testing.T) {
+	requirePing(t)
+	tp := newTopo(t, 2, `{"Type":"udp"}`)
+	h1, h2 := tp.hosts[0], tp.hosts[1]
+	run(t, "ip", "-n", h1.name, "tuntap", "add", "dev", DefaultDevice, "mode", "tun")
+	before, err := h1.nl.LinkByName(DefaultDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range tp.hosts {
+		tp.start(h)
+	}
+	pingEventually(t, h1.pod, h2.podIP)
+	pingEventually(t, h2.pod, h1.podIP)
+	after, err := h1.nl.LinkByName(DefaultDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Attrs().Index != before.Attrs().Index {
+		t.Errorf("the existing device was replaced (index %d, now %d)", before.Attrs().Index, after.Attrs().Index)
 	}
 }

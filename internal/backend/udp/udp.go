@@ -63,6 +63,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -154,10 +155,10 @@ type Backend struct {
 	opts Options
 	mtu  int
 
-	// dev is the TUN device Init attached; Start hands it to the first
-	// datapath.
-	dev *tunDevice
-	own lease.Lease
+	// queues is the TUN device's queues Init attached; Start hands them to
+	// the first datapath.
+	queues tunQueues
+	own    lease.Lease
 
 	// tbl is the forwarding table the packet path reads; Reconcile swaps it.
 	tbl atomic.Pointer[table]
@@ -206,12 +207,12 @@ func New(h backend.Host, raw json.RawMessage) (*Backend, error) {
 // weftd left, sets its MTU and brings it up. The lease carries no backend
 // type or data, as flannel's udp leases.
 func (b *Backend) Init(ctx context.Context) (backend.Local, error) {
-	if b.dev == nil {
-		dev, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu)
+	if b.queues == nil {
+		q, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu, queueCount())
 		if err != nil {
 			return backend.Local{}, fmt.Errorf("udp: %w", err)
 		}
-		b.dev = dev
+		b.queues = q
 	}
 	if err := b.ensureLink(); err != nil {
 		return backend.Local{}, fmt.Errorf("udp: %w", err)
@@ -245,7 +246,7 @@ func (b *Backend) ensureLink() error {
 // subnet, /32), routes the whole overlay network through it, opens the UDP
 // socket and starts the packet path, which runs until ctx is done.
 func (b *Backend) Start(ctx context.Context, own lease.Lease) error {
-	if b.dev == nil {
+	if b.queues == nil {
 		return errors.New("udp: Start before Init")
 	}
 	if b.done != nil {
@@ -270,8 +271,8 @@ func (b *Backend) Start(ctx context.Context, own lease.Lease) error {
 	if err != nil {
 		return fmt.Errorf("udp: open UDP port %d: %w", b.opts.Port, err)
 	}
-	b.dp = b.startDatapath(b.dev, bind, recvs)
-	b.dev = nil // owned by the datapath now
+	b.dp = b.startDatapath(b.queues, bind, recvs)
+	b.queues = nil // owned by the datapath now
 	b.done = make(chan struct{})
 	go func() {
 		<-ctx.Done()
@@ -299,18 +300,25 @@ func (b *Backend) restartDatapath() error {
 	if err := b.dp.stop(); err != nil {
 		b.host.Log.Debug("udp: close the old datapath", "err", err)
 	}
-	dev, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu)
+	q, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu, queueCount())
 	if err != nil {
 		return fmt.Errorf("udp: recreate TUN device: %w", err)
 	}
 	bind, recvs, err := openBind(b.host.NetNS, uint16(b.opts.Port))
 	if err != nil {
-		dev.Close()
+		q.Close()
 		return fmt.Errorf("udp: reopen UDP port %d: %w", b.opts.Port, err)
 	}
-	b.dp = b.startDatapath(dev, bind, recvs)
+	b.dp = b.startDatapath(q, bind, recvs)
 	b.host.Log.Warn("udp: TUN device was gone; recreated it and restarted the datapath", "device", b.opts.Device)
 	return nil
+}
+
+// queueCount is how many TUN queues (and so readers) to attach: one per
+// CPU Go may use, at most 8. One TCP flow stays on one queue; many flows
+// spread over them.
+func queueCount() int {
+	return min(runtime.GOMAXPROCS(0), 8)
 }
 
 // tunAddr is the TUN device's address: the first address of the subnet, as
