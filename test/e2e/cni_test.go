@@ -34,7 +34,7 @@ func testCNILab(t *testing.T, backend string) {
 	masqArgs := map[int][]string{1: {"--ip-masq"}, 2: {"--ip-masq"}, 3: {"--ip-masq"}}
 	att := lab.CNIAttacher{PluginDir: bin.dir}
 	// Up waits until every pod reaches every other pod.
-	l := upLab(t, lab.Spec{Hosts: 3, Pods: 2, Backend: backend, HostArgs: masqArgs, Attacher: att})
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 2, Backend: backend, HostArgs: masqArgs, Attacher: att, ResyncPeriod: time.Second})
 	st := l.State()
 	if len(st.Pods) != 6 {
 		t.Fatalf("%d pods, want 6", len(st.Pods))
@@ -106,6 +106,29 @@ func testCNILab(t *testing.T, backend string) {
 		if got.String() != src.IP {
 			t.Errorf("pod %s to pod %s: source %s, want the pod's own %s", src.Name, p.Name, got, src.IP)
 		}
+	}
+
+	// Someone deletes Weft's table on h1: weftd puts it back (at the
+	// latest on its next resync) and pod egress is masqueraded again.
+	if err := netnsutil.DoNamed(h1.Netns, masq.Cleanup); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var rules []string
+		if err := netnsutil.DoNamed(h1.Netns, func() (err error) { rules, err = masq.Rules(); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if len(rules) == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("weftd did not restore the masquerade table on h1 within 10s (resync 1s): %q", rules)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got, err := udpSource(src.Netns, outNS, outAddr); err != nil || got != netip.MustParseAddr(h1.UnderlayIP) {
+		t.Errorf("after the table was restored, the outside sees %s (%v), want %s", got, err, h1.UnderlayIP)
 	}
 
 	// DEL through libcni frees the address.
