@@ -106,6 +106,31 @@ func attrs(b []byte, fn func(typ uint16, val []byte)) {
 	}
 }
 
+// parseNeighMsg decodes the body of an RTM_NEWNEIGH message of family.
+func parseNeighMsg(d []byte, family uint8) (kentry, bool) {
+	if len(d) < 12 || d[0] != family {
+		return kentry{}, false
+	}
+	e := kentry{idx: int(int32(binary.NativeEndian.Uint32(d[4:]))), state: binary.NativeEndian.Uint16(d[8:])}
+	attrs(d[12:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.NDA_DST:
+			if a, ok := netip.AddrFromSlice(v); ok {
+				e.ip = a.Unmap()
+			}
+		case unix.NDA_LLADDR:
+			if m, err := toHwAddr(v); err == nil {
+				e.mac, e.hasMAC = m, true
+			}
+		case unix.NDA_CACHEINFO:
+			if len(v) >= 8 {
+				e.used = binary.NativeEndian.Uint32(v[4:])
+			}
+		}
+	})
+	return e, true
+}
+
 // listEntries dumps the neighbour (AF_INET) or FDB (AF_BRIDGE) entries of
 // device idx, retrying a dump the kernel reports as interrupted.
 func (b *batcher) listEntries(family uint8, idx int) ([]kentry, error) {
@@ -116,30 +141,9 @@ func (b *batcher) listEntries(family uint8, idx int) ([]kentry, error) {
 		req := make([]byte, 12)
 		req[0] = family
 		err = b.dump(unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(d []byte) {
-			if len(d) < 12 || d[0] != family {
-				return
+			if e, ok := parseNeighMsg(d, family); ok && e.idx == idx {
+				out = append(out, e)
 			}
-			e := kentry{idx: int(int32(binary.NativeEndian.Uint32(d[4:]))), state: binary.NativeEndian.Uint16(d[8:])}
-			if e.idx != idx {
-				return
-			}
-			attrs(d[12:], func(typ uint16, v []byte) {
-				switch typ {
-				case unix.NDA_DST:
-					if a, ok := netip.AddrFromSlice(v); ok {
-						e.ip = a.Unmap()
-					}
-				case unix.NDA_LLADDR:
-					if m, err := toHwAddr(v); err == nil {
-						e.mac, e.hasMAC = m, true
-					}
-				case unix.NDA_CACHEINFO:
-					if len(v) >= 8 {
-						e.used = binary.NativeEndian.Uint32(v[4:])
-					}
-				}
-			})
-			out = append(out, e)
 		})
 		if !errors.Is(err, errDumpInterrupted) {
 			break
@@ -159,6 +163,44 @@ type kroute struct {
 	count  int // routes with this destination (several metrics)
 }
 
+// parseRouteMsg decodes the body of an RTM_NEWROUTE message; ok is false
+// for routes outside the IPv4 main table or without a destination.
+func parseRouteMsg(d []byte) (netip.Prefix, kroute, bool) {
+	if len(d) < 12 || d[0] != unix.AF_INET || d[1] > 32 {
+		return netip.Prefix{}, kroute{}, false
+	}
+	bits := int(d[1])
+	table := uint32(d[4])
+	r := kroute{proto: d[5], typ: d[7], onlink: binary.NativeEndian.Uint32(d[8:])&unix.RTNH_F_ONLINK != 0}
+	var dst netip.Addr
+	attrs(d[12:], func(typ uint16, v []byte) {
+		switch typ {
+		case unix.RTA_TABLE:
+			if len(v) >= 4 {
+				table = binary.NativeEndian.Uint32(v)
+			}
+		case unix.RTA_DST:
+			if a, ok := netip.AddrFromSlice(v); ok {
+				dst = a.Unmap()
+			}
+		case unix.RTA_GATEWAY:
+			if a, ok := netip.AddrFromSlice(v); ok {
+				r.gw = a.Unmap()
+			}
+		case unix.RTA_OIF:
+			if len(v) >= 4 {
+				r.oif = int(binary.NativeEndian.Uint32(v))
+			}
+		case unix.RTA_MULTIPATH:
+			r.oif = -1 // never one of Weft's
+		}
+	})
+	if table != unix.RT_TABLE_MAIN || !dst.Is4() {
+		return netip.Prefix{}, kroute{}, false
+	}
+	return netip.PrefixFrom(dst, bits), r, true
+}
+
 // listMainRoutes returns every IPv4 route of the main table by destination.
 func (b *batcher) listMainRoutes() (map[netip.Prefix]kroute, error) {
 	var out map[netip.Prefix]kroute
@@ -168,41 +210,10 @@ func (b *batcher) listMainRoutes() (map[netip.Prefix]kroute, error) {
 		req := make([]byte, 12)
 		req[0] = unix.AF_INET
 		err = b.dump(unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(d []byte) {
-			if len(d) < 12 || d[0] != unix.AF_INET {
-				return
+			if pfx, r, ok := parseRouteMsg(d); ok {
+				r.count = out[pfx].count + 1
+				out[pfx] = r
 			}
-			bits := int(d[1])
-			table := uint32(d[4])
-			r := kroute{proto: d[5], typ: d[7], onlink: binary.NativeEndian.Uint32(d[8:])&unix.RTNH_F_ONLINK != 0}
-			var dst netip.Addr
-			attrs(d[12:], func(typ uint16, v []byte) {
-				switch typ {
-				case unix.RTA_TABLE:
-					if len(v) >= 4 {
-						table = binary.NativeEndian.Uint32(v)
-					}
-				case unix.RTA_DST:
-					if a, ok := netip.AddrFromSlice(v); ok {
-						dst = a.Unmap()
-					}
-				case unix.RTA_GATEWAY:
-					if a, ok := netip.AddrFromSlice(v); ok {
-						r.gw = a.Unmap()
-					}
-				case unix.RTA_OIF:
-					if len(v) >= 4 {
-						r.oif = int(binary.NativeEndian.Uint32(v))
-					}
-				case unix.RTA_MULTIPATH:
-					r.oif = -1 // never one of Weft's
-				}
-			})
-			if table != unix.RT_TABLE_MAIN || !dst.IsValid() {
-				return
-			}
-			pfx := netip.PrefixFrom(dst, bits)
-			r.count = out[pfx].count + 1
-			out[pfx] = r
 		})
 		if !errors.Is(err, errDumpInterrupted) {
 			break
