@@ -14,6 +14,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/masq"
 )
 
 // Check verifies that the attachment described by prevResult is still in
@@ -65,6 +67,9 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	} else {
 		defer cns.Close()
 		errs = append(errs, checkContainer(cns, args.IfName, addr, conf.mtu(env), env.Gateway(), conf.routes(env)))
+	}
+	if masqOn(conf, env) {
+		errs = append(errs, masq.Check(env.Network))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return types.NewError(types.ErrInternal, "CHECK failed: "+err.Error(), "")

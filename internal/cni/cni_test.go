@@ -598,6 +598,32 @@ func TestLeaseChange(t *testing.T) {
 	}
 }
 
+// TestMasqueradeByPlugin: weftd does not masquerade (FLANNEL_IPMASQ=false),
+// so ADD makes sure Weft's table is there; CHECK notices when it is gone,
+// and the next ADD puts it back.
+func TestMasqueradeByPlugin(t *testing.T) {
+	h := newHost(t)
+	h.writeEnv("10.244.14.0/24", false)
+	l := h.list("1.1.0", "")
+	pod := h.pod("mq")
+	h.mustAdd(l, "ctr-mq", pod)
+	ctx := context.Background()
+	rt := cnitest.Attachment("ctr-mq", pod, "eth0")
+	if err := h.rt.Check(ctx, l, rt); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := cnitest.In(h.ns, masq.Cleanup); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.rt.Check(ctx, l, rt); err == nil || !strings.Contains(err.Error(), "masquerade") {
+		t.Errorf("CHECK without Weft's table: %v", err)
+	}
+	h.mustAdd(l, "ctr-mq2", h.pod("mq2"))
+	if err := h.rt.Check(ctx, l, rt); err != nil {
+		t.Errorf("CHECK after the next ADD restored the table: %v", err)
+	}
+}
+
 // TestBadNetConf: a missing or wrong field gives a CNI error naming it.
 func TestBadNetConf(t *testing.T) {
 	h := newHost(t)

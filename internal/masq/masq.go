@@ -64,6 +64,19 @@ func Ensure(network, hostSubnet netip.Prefix) error {
 	return nil
 }
 
+// Check reports (as an error) whether the current namespace's table
+// differs from what [Ensure] would write for network. It changes nothing.
+func Check(network netip.Prefix) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("masq: nftables: %w", err)
+	}
+	if !inPlace(c, desired(network)) {
+		return fmt.Errorf("masq: table ip %s does not hold the masquerade rules for %s", Table, network)
+	}
+	return nil
+}
+
 // Cleanup deletes Weft's table from the current namespace. Deleting a table
 // that is not there is not an error.
 func Cleanup() error {

@@ -239,6 +239,7 @@ func TestEnsureIdempotentAndRepairs(t *testing.T) {
 	if len(rs) != 4 || !strings.Contains(rs[0], "pod to pod") || !strings.Contains(rs[1], "multicast") || !strings.Contains(rs[3], "host's address") {
 		t.Fatalf("rules %q", rs)
 	}
+	inHost(t, l, func() error { return masq.Check(network) })
 	before := handles(t, l)
 	inHost(t, l, func() error { return masq.Ensure(network, hostSubnet) })
 	if after := handles(t, l); !equal(before, after) {
@@ -269,6 +270,9 @@ func TestEnsureIdempotentAndRepairs(t *testing.T) {
 		t.Fatalf("after Cleanup: %q", rs)
 	}
 	inHost(t, l, masq.Cleanup) // idempotent
+	if err := cnitest.In(l.host, func() error { return masq.Check(network) }); err == nil {
+		t.Error("Check found the rules in place after Cleanup")
+	}
 	inHost(t, l, func() error { return masq.Ensure(network, hostSubnet) })
 	if rs := rules(t, l); len(rs) != 4 {
 		t.Errorf("after restore: %q", rs)
