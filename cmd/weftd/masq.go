@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
 
@@ -16,6 +17,13 @@ func newMasquerader(log *slog.Logger) *masquerader { return &masquerader{log: lo
 // Ensure keeps Weft's masquerade table in place for the host's pods.
 func (m *masquerader) Ensure(network, hostSubnet netip.Prefix) error {
 	return masq.Ensure(network, hostSubnet)
+}
+
+// Keep restores Weft's masquerade table as soon as someone changes it.
+func (m *masquerader) Keep(ctx context.Context, network, hostSubnet netip.Prefix) error {
+	return masq.Keep(ctx, network, hostSubnet, func(err error) {
+		m.log.Warn("masquerade rules changed and could not be restored", "err", err)
+	})
 }
 
 // Cleanup removes Weft's masquerade table.

@@ -40,6 +40,9 @@ import (
 type Masquerader interface {
 	// Ensure creates or repairs the rules for pods of hostSubnet in network.
 	Ensure(network, hostSubnet netip.Prefix) error
+	// Keep ensures the rules and restores them as soon as they are changed,
+	// until ctx is done.
+	Keep(ctx context.Context, network, hostSubnet netip.Prefix) error
 }
 
 // Config is weftd's configuration (its flags).
@@ -126,6 +129,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := be.Start(ctx, own); err != nil {
 		return fmt.Errorf("backend %s: start: %w", network.BackendType, err)
+	}
+	if a.cfg.IPMasq && a.masq != nil {
+		go func() {
+			// Every resync ensures the rules too; Keep only makes repairs
+			// immediate, so its failure is logged, not fatal.
+			if err := a.masq.Keep(ctx, network.Network, own.Subnet); err != nil {
+				a.log.Warn("cannot watch the masquerade rules; they are repaired every resync period instead", "err", err)
+			}
+		}()
 	}
 	return a.loop(ctx, network, be, own, attrs)
 }
