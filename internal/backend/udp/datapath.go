@@ -197,7 +197,7 @@ func (b *Backend) routineTUNToPeers(dev *tunDevice, bind conn.Bind) {
 				b.stats.txDrops[v].Add(1)
 				if v == verdictNoPeer && t.complete && len(icmpOut) < len(icmp.bufs) && icmpErrorAllowed(pkt) && lim.allow(time.Now()) {
 					k := len(icmpOut)
-					m := buildICMPError(icmp.bufs[k], pkt, addr32(b.tunAddr()), icmpDestUnreachable, icmpCodeNetUnreach)
+					m := buildICMPError(icmp.bufs[k], pkt, addr32(t.own.Addr()), icmpDestUnreachable, icmpCodeNetUnreach)
 					icmpOut = append(icmpOut, icmp.full[k][:writeOffset+m])
 				}
 				continue

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,6 +76,30 @@ func removeStale(t testing.TB) {
 	}
 }
 
+// lockedBuffer collects a backend's log for the test to read.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lockedBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
+}
+
 // testHost is a host namespace with its backend.
 type testHost struct {
 	name, pod string
@@ -83,7 +108,10 @@ type testHost struct {
 	ip        netip.Addr
 	subnet    netip.Prefix
 	podIP     netip.Addr
+	stateDir  string
+	logs      *lockedBuffer
 	b         *Backend
+	ctx       context.Context
 	cancel    context.CancelFunc
 }
 
@@ -111,6 +139,9 @@ func newTopo(t testing.TB, n int, backendJSON string) *topo {
 	}
 	t.Cleanup(func() {
 		for _, h := range tp.hosts {
+			if t.Failed() && h.logs != nil {
+				t.Logf("%s backend log:\n%s", h.name, h.logs.String())
+			}
 			if h.cancel != nil {
 				h.cancel()
 				if h.b != nil && h.b.Done() != nil {
@@ -138,6 +169,8 @@ func newTopo(t testing.TB, n int, backendJSON string) *topo {
 			podIP:  netip.AddrFrom4([4]byte{10, 244, byte(i), 2}),
 		}
 		h.ns = netns.None()
+		h.stateDir = t.TempDir()
+		h.logs = &lockedBuffer{}
 		tp.hosts = append(tp.hosts, h)
 		run(t, "ip", "netns", "add", h.name)
 		run(t, "ip", "netns", "add", h.pod)
@@ -200,6 +233,13 @@ func (tp *topo) peersOf(h *testHost) []lease.Lease {
 
 // start runs a fresh backend in h, as a weftd would.
 func (tp *topo) start(h *testHost) {
+	tp.t.Helper()
+	tp.initOnly(h)
+	tp.finishStart(h)
+}
+
+// initOnly builds a fresh backend in h and calls Init.
+func (tp *topo) initOnly(h *testHost) {
 	t := tp.t
 	t.Helper()
 	link, err := h.nl.LinkByName("eth0")
@@ -210,10 +250,10 @@ func (tp *topo) start(h *testHost) {
 		Network:  tp.net,
 		PublicIP: h.ip,
 		Iface:    backend.Iface{Name: "eth0", Index: link.Attrs().Index, MTU: link.Attrs().MTU, Addr: h.ip},
-		StateDir: t.TempDir(),
+		StateDir: h.stateDir,
 		Netlink:  h.nl,
 		NetNS:    h.ns,
-		Log:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("host", h.name),
+		Log:      slog.New(slog.NewTextHandler(h.logs, nil)).With("host", h.name),
 	}
 	b, err := New(host, tp.net.Backend)
 	if err != nil {
@@ -228,12 +268,17 @@ func (tp *topo) start(h *testHost) {
 	if local.Type != "" || local.Data != nil || local.MTU != link.Attrs().MTU-28 && tp.net.Backend == nil {
 		t.Errorf("Init published %+v, want BackendType \"\", no data", local)
 	}
-	if err := b.Start(ctx, tp.lease(h)); err != nil {
-		cancel()
+	h.b, h.cancel, h.ctx = b, cancel, ctx
+}
+
+// finishStart calls Start and Reconcile on h's backend.
+func (tp *topo) finishStart(h *testHost) {
+	t := tp.t
+	t.Helper()
+	if err := h.b.Start(h.ctx, tp.lease(h)); err != nil {
 		t.Fatal(err)
 	}
-	h.b, h.cancel = b, cancel
-	if err := b.Reconcile(ctx, tp.peersOf(h)); err != nil {
+	if err := h.b.Reconcile(h.ctx, tp.peersOf(h)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -335,6 +380,14 @@ func TestKernelPodToPod(t *testing.T) {
 		}
 	}
 	run(t, "ip", "-n", h1.name, "route", "del", "10.244.3.0/25")
+	// Reconciling again touches no route.
+	mark := h1.logs.Len()
+	if err := h1.b.Reconcile(context.Background(), tp.peersOf(h1)); err != nil {
+		t.Fatal(err)
+	}
+	if after := h1.logs.String()[mark:]; strings.Contains(after, "route reconciled") {
+		t.Errorf("a second Reconcile changed routes:\n%s", after)
+	}
 	// The host itself reaches a remote pod, from its TUN address.
 	pingEventually(t, h1.name, tp.hosts[1].podIP)
 	// Big packets are fragmented by the sender as the overlay MTU asks.
@@ -514,6 +567,54 @@ func TestKernelRestart(t *testing.T) {
 	if h2.b.Stats().RxPackets == 0 {
 		t.Error("the new backend received nothing")
 	}
+}
+
+// TestKernelWarmStart: a restarted backend forwards to the peers its
+// predecessor saved as soon as Init has attached to the TUN device, before
+// Start and before it has heard of any lease.
+func TestKernelWarmStart(t *testing.T) {
+	requirePing(t)
+	tp := newTopo(t, 3, `{"Type":"udp"}`)
+	for _, h := range tp.hosts {
+		tp.start(h)
+	}
+	h1, h2, h3 := tp.hosts[0], tp.hosts[1], tp.hosts[2]
+	pingEventually(t, h2.pod, h1.podIP)
+	tp.stop(h2)
+	if out, err := ping(h2.pod, h1.podIP, "-c", "1", "-W", "1"); err == nil {
+		t.Fatalf("ping works with no backend attached:\n%s", out)
+	}
+	tp.initOnly(h2)
+	pingEventually(t, h2.pod, h1.podIP)
+	pingEventually(t, h3.pod, h2.podIP)
+	if s := h2.b.Stats(); s.TxDropped["no-peer"] > 0 || s.ICMPSent > 0 {
+		t.Errorf("warm start dropped packets as unroutable: %+v", s)
+	}
+	tp.finishStart(h2)
+	pingEventually(t, h2.pod, h1.podIP)
+	// A state file for another network is ignored: forwarding then waits
+	// for the first Reconcile.
+	tp.stop(h2)
+	if err := os.WriteFile(h2.stateDir+"/"+stateFile, []byte(`{"network":"10.9.0.0/16","own":"10.9.1.0/24","port":8285,"peers":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tp.initOnly(h2)
+	if h2.b.Done() != nil {
+		t.Error("a state saved for another network started the packet path")
+	}
+	tp.finishStart(h2)
+	pingEventually(t, h2.pod, h1.podIP)
+	// Garbage in the state file: ignored the same way.
+	tp.stop(h2)
+	if err := os.WriteFile(h2.stateDir+"/"+stateFile, []byte("{\x00not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tp.initOnly(h2)
+	if h2.b.Done() != nil {
+		t.Error("a garbled state file started the packet path")
+	}
+	tp.finishStart(h2)
+	pingEventually(t, h2.pod, h1.podIP)
 }
 
 // parsePingSummary reads "N packets transmitted, M received".

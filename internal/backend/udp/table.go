@@ -158,6 +158,16 @@ func (t *table) add(l lease.Lease, ownIP netip.Addr, port uint16) error {
 	return nil
 }
 
+// leases returns the table's peers as leases (for rebuilding the table
+// under another own subnet).
+func (t *table) leases() []lease.Lease {
+	ls := make([]lease.Lease, 0, len(t.peers))
+	for _, p := range t.peers {
+		ls = append(ls, lease.Lease{Subnet: p.subnet, Attrs: lease.Attrs{PublicIP: p.publicIP}})
+	}
+	return ls
+}
+
 // lookup returns the index in t.peers of the peer whose subnet holds dst
 // (longest prefix first), or -1.
 func (t *table) lookup(dst uint32) int {

@@ -175,6 +175,12 @@ type Backend struct {
 	done chan struct{}
 	// reported is the drop counters as last logged by Reconcile.
 	reported map[string]uint64
+	// saved is the content of the state file as last read or written.
+	saved []byte
+	// startCalled is set by Start; started is closed by Start when Init
+	// had already started the packet path.
+	startCalled bool
+	started     chan struct{}
 }
 
 // New builds the backend for h from the raw Backend object; it touches
@@ -204,10 +210,14 @@ func New(h backend.Host, raw json.RawMessage) (*Backend, error) {
 }
 
 // Init creates the persistent TUN device, or attaches to the one a previous
-// weftd left, sets its MTU and brings it up. The lease carries no backend
-// type or data, as flannel's udp leases.
+// weftd left, sets its MTU and brings it up. If the previous weftd saved
+// the peers it served (in Host.StateDir), Init starts forwarding to them
+// right away, before the lease is acquired and the peers are read from
+// etcd, so a restart interrupts traffic only while no weftd is attached;
+// that packet path runs until ctx is done (or Start's, once Start ran). The
+// lease carries no backend type or data, as flannel's udp leases.
 func (b *Backend) Init(ctx context.Context) (backend.Local, error) {
-	if b.queues == nil {
+	if b.queues == nil && b.dp == nil {
 		q, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu, queueCount())
 		if err != nil {
 			return backend.Local{}, fmt.Errorf("udp: %w", err)
@@ -217,7 +227,50 @@ func (b *Backend) Init(ctx context.Context) (backend.Local, error) {
 	if err := b.ensureLink(); err != nil {
 		return backend.Local{}, fmt.Errorf("udp: %w", err)
 	}
+	if b.dp == nil {
+		st, err := b.loadState()
+		if err != nil {
+			b.host.Log.Warn("udp: saved peers not used; forwarding starts with the first reconciliation", "err", err)
+		}
+		if st != nil {
+			if err := b.warmStart(ctx, st); err != nil {
+				b.host.Log.Warn("udp: cannot forward to the saved peers before the lease is held", "err", err)
+			}
+		}
+	}
 	return backend.Local{Type: "", MTU: b.mtu}, nil
+}
+
+// warmStart starts the packet path with the saved peers.
+func (b *Backend) warmStart(ctx context.Context, st *savedState) error {
+	b.own = lease.Lease{Subnet: st.Own}
+	var errs []error
+	if err := b.ensureAddr(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.ensureRoute(); err != nil {
+		errs = append(errs, err)
+	}
+	// Incomplete: no ICMP errors until Reconcile has the current peers.
+	t, _ := buildTable(b.host.Network.Network, st.Own, b.host.PublicIP, uint16(b.opts.Port), st.leases())
+	b.tbl.Store(t)
+	bind, recvs, err := openBind(b.host.NetNS, uint16(b.opts.Port))
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("open UDP port %d: %w", b.opts.Port, err))...)
+	}
+	b.dp = b.startDatapath(b.queues, bind, recvs)
+	b.queues = nil
+	b.done = make(chan struct{})
+	b.started = make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			b.shutdown()
+		case <-b.started:
+		}
+	}()
+	b.host.Log.Info("udp datapath started with the saved peers", "device", b.opts.Device, "peers", len(t.peers), "subnet", st.Own)
+	return errors.Join(errs...)
 }
 
 // ensureLink sets the TUN device's MTU and brings it up.
@@ -244,17 +297,19 @@ func (b *Backend) ensureLink() error {
 
 // Start gives the TUN device this host's address (the first address of its
 // subnet, /32), routes the whole overlay network through it, opens the UDP
-// socket and starts the packet path, which runs until ctx is done.
+// socket and starts the packet path (unless Init already did), which runs
+// until ctx is done.
 func (b *Backend) Start(ctx context.Context, own lease.Lease) error {
-	if b.queues == nil {
+	if b.queues == nil && b.dp == nil {
 		return errors.New("udp: Start before Init")
 	}
-	if b.done != nil {
+	if b.startCalled {
 		return errors.New("udp: started twice")
 	}
 	if !own.Subnet.Addr().Is4() {
 		return fmt.Errorf("udp: own subnet %s is not IPv4", own.Subnet)
 	}
+	b.startCalled = true
 	b.own = own
 	if err := b.ensureAddr(); err != nil {
 		return fmt.Errorf("udp: %w", err)
@@ -262,31 +317,52 @@ func (b *Backend) Start(ctx context.Context, own lease.Lease) error {
 	if err := b.ensureRoute(); err != nil {
 		return fmt.Errorf("udp: %w", err)
 	}
-	// An empty, incomplete table until the first Reconcile: packets to the
-	// overlay are dropped (no ICMP errors: peers are not known yet, not
-	// absent), nothing is accepted.
-	t, _ := buildTable(b.host.Network.Network, own.Subnet, b.host.PublicIP, uint16(b.opts.Port), nil)
-	b.tbl.Store(t)
-	bind, recvs, err := openBind(b.host.NetNS, uint16(b.opts.Port))
-	if err != nil {
-		return fmt.Errorf("udp: open UDP port %d: %w", b.opts.Port, err)
+	if b.dp != nil {
+		// Running since Init with the saved peers: keep them until the
+		// first Reconcile, under this host's subnet as leased now.
+		if old := b.tbl.Load(); old.own != own.Subnet.Masked() {
+			t, _ := buildTable(b.host.Network.Network, own.Subnet, b.host.PublicIP, uint16(b.opts.Port), old.leases())
+			b.tbl.Store(t)
+		}
+		close(b.started)
+	} else {
+		// An empty, incomplete table until the first Reconcile: packets to
+		// the overlay are dropped (no ICMP errors: peers are not known yet,
+		// not absent), nothing is accepted.
+		t, _ := buildTable(b.host.Network.Network, own.Subnet, b.host.PublicIP, uint16(b.opts.Port), nil)
+		b.tbl.Store(t)
+		bind, recvs, err := openBind(b.host.NetNS, uint16(b.opts.Port))
+		if err != nil {
+			return fmt.Errorf("udp: open UDP port %d: %w", b.opts.Port, err)
+		}
+		b.dp = b.startDatapath(b.queues, bind, recvs)
+		b.queues = nil // owned by the datapath now
+		b.done = make(chan struct{})
 	}
-	b.dp = b.startDatapath(b.queues, bind, recvs)
-	b.queues = nil // owned by the datapath now
-	b.done = make(chan struct{})
 	go func() {
 		<-ctx.Done()
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		b.stopped = true
-		if err := b.dp.stop(); err != nil {
-			b.host.Log.Warn("udp: close", "err", err)
-		}
-		b.host.Log.Info("udp datapath stopped; TUN device left in place", "device", b.opts.Device)
-		close(b.done)
+		b.shutdown()
 	}()
 	b.host.Log.Info("udp datapath started", "device", b.opts.Device, "mtu", b.mtu, "port", b.opts.Port, "subnet", own.Subnet)
 	return nil
+}
+
+// shutdown stops the packet path for good (the TUN device stays) and
+// closes b.done; it may be called more than once.
+func (b *Backend) shutdown() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped {
+		return
+	}
+	b.stopped = true
+	if err := b.dp.stop(); err != nil {
+		// wireguard-go's TUN handle reports errors of its own listeners
+		// on close (e.g. a pipe already closed); nothing to act on.
+		b.host.Log.Debug("udp: close", "err", err)
+	}
+	b.host.Log.Info("udp datapath stopped; TUN device left in place", "device", b.opts.Device)
+	close(b.done)
 }
 
 // restartDatapath replaces the packet path with a new one on a new TUN
@@ -360,7 +436,8 @@ func (b *Backend) ensureAddr() error {
 }
 
 // ensureRoute routes the whole overlay network through the TUN device. It
-// owns Weft's routes inside the network outside this host's subnet, so the
+// owns Weft's route for the network and Weft's routes inside the network
+// outside this host's subnet, so the
 // per-peer routes another backend left (after a switch from vxlan or
 // host-gw, which would take precedence over the network route) go too.
 func (b *Backend) ensureRoute() error {
@@ -371,7 +448,7 @@ func (b *Backend) ensureRoute() error {
 	network, own := b.host.Network.Network.Masked(), b.own.Subnet.Masked()
 	want := []routes.Route{{Dst: network, LinkIndex: link.Attrs().Index}}
 	res, err := routes.Sync(b.host.Netlink, unix.AF_INET, want, func(r routes.Route) bool {
-		return network.Overlaps(r.Dst) && !own.Overlaps(r.Dst)
+		return r.Dst == network || network.Overlaps(r.Dst) && !own.Overlaps(r.Dst)
 	})
 	if res.Added+res.Replaced+res.Removed > 0 {
 		b.host.Log.Info("udp: overlay route reconciled", "added", res.Added, "replaced", res.Replaced, "removed", res.Removed)
@@ -384,7 +461,7 @@ func (b *Backend) ensureRoute() error {
 // restores the TUN device's state should someone have changed it. Leases
 // that cannot be served are reported in the joined error and left out.
 func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
-	if b.done == nil {
+	if !b.startCalled || b.dp == nil {
 		return errors.New("udp: Reconcile before Start")
 	}
 	var errs []error
@@ -397,6 +474,9 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 	old := b.tbl.Swap(t)
 	if old == nil || len(old.peers) != len(t.peers) {
 		b.host.Log.Info("udp peers", "count", len(t.peers))
+	}
+	if err := b.saveState(t); err != nil {
+		b.host.Log.Warn("udp: cannot save the peers for a quick restart", "err", err)
 	}
 	if _, err := b.host.Netlink.LinkByName(b.opts.Device); err != nil {
 		var nf netlink.LinkNotFoundError
@@ -446,6 +526,7 @@ func (b *Backend) reportDrops() {
 }
 
 // Done returns a channel closed once the packet path has stopped (after
-// Start's context ended) and the TUN device and socket are closed; the
-// device itself stays. It returns nil before Start.
+// Start's context ended, or Init's when Start never ran) and the TUN device
+// and socket are closed; the device itself stays. It returns nil before the
+// packet path has started.
 func (b *Backend) Done() <-chan struct{} { return b.done }
