@@ -74,7 +74,8 @@ func median(xs []float64) float64 {
 // host namespaces over the underlay and between their pods over the udp
 // backend (median of 3 each), and reports the ratio and the backends' CPU
 // per Gbit/s. Run with -benchtime 1x; WUD_SECS sets the stream length
-// (default 4 s) and WUD_MTU the underlay MTU (default 1500).
+// (default 4 s), WUD_MTU the underlay MTU (default 1500) and WUD_QUEUES the
+// TUN queues (Backend.Queues).
 func BenchmarkThroughputRatio(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("needs iperf3")
@@ -84,7 +85,11 @@ func BenchmarkThroughputRatio(b *testing.B) {
 		secs = s
 	}
 	for b.Loop() {
-		tp := newTopo(b, 2, `{"Type":"udp"}`)
+		cfg := `{"Type":"udp"}`
+		if q := os.Getenv("WUD_QUEUES"); q != "" {
+			cfg = `{"Type":"udp","Queues":` + q + `}`
+		}
+		tp := newTopo(b, 2, cfg)
 		if m, err := strconv.Atoi(os.Getenv("WUD_MTU")); err == nil {
 			tp.setUnderlayMTU(m)
 		}

@@ -341,7 +341,7 @@ func TestKernelPodToPod(t *testing.T) {
 	tt, ok := link.(*netlink.Tuntap)
 	if !ok || tt.Mode != netlink.TUNTAP_MODE_TUN || tt.NonPersist {
 		t.Errorf("%s: %#v, want a persistent TUN device", DefaultDevice, link)
-	} else if want := queueCount() > 1; (tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0) != want {
+	} else if want := h1.b.queueCount() > 1; (tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0) != want {
 		t.Errorf("%s: flags %v, want multi-queue %v", DefaultDevice, tt.Flags, want)
 	}
 	rs, err := h1.nl.RouteList(link, netlink.FAMILY_V4)

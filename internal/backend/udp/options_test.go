@@ -28,6 +28,7 @@ func TestOptions(t *testing.T) {
 		`{"Type":"udp","MTU":70000}`:                 "Backend.MTU",
 		`{"Type":"udp","Device":"a/b"}`:              "Backend.Device",
 		`{"Type":"udp","Device":"0123456789abcdef"}`: "Backend.Device",
+		`{"Type":"udp","Queues":65}`:                 "Backend.Queues",
 		`{"Type":"udp","VNI":1}`:                     "Backend.VNI",
 	} {
 		_, err := parseOptions([]byte(raw))

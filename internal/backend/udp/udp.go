@@ -100,6 +100,9 @@ type Options struct {
 	MTU int
 	// Device is the TUN device's name (default flannel0).
 	Device string
+	// Queues is the number of TUN queues, each with its own reader
+	// (default 0: one per CPU Go may use, at most 8).
+	Queues int
 }
 
 func parseOptions(raw json.RawMessage) (Options, error) {
@@ -115,6 +118,9 @@ func parseOptions(raw json.RawMessage) (Options, error) {
 	}
 	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535-Overhead) {
 		return o, &config.FieldError{Field: "Backend.MTU", Msg: fmt.Sprintf("%d is out of range (576-%d)", o.MTU, 65535-Overhead)}
+	}
+	if o.Queues < 0 || o.Queues > 64 {
+		return o, &config.FieldError{Field: "Backend.Queues", Msg: fmt.Sprintf("%d is out of range (0 for automatic, or 1-64)", o.Queues)}
 	}
 	if o.Device == "" {
 		o.Device = DefaultDevice
@@ -218,7 +224,7 @@ func New(h backend.Host, raw json.RawMessage) (*Backend, error) {
 // lease carries no backend type or data, as flannel's udp leases.
 func (b *Backend) Init(ctx context.Context) (backend.Local, error) {
 	if b.queues == nil && b.dp == nil {
-		q, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu, queueCount())
+		q, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu, b.queueCount())
 		if err != nil {
 			return backend.Local{}, fmt.Errorf("udp: %w", err)
 		}
@@ -376,7 +382,7 @@ func (b *Backend) restartDatapath() error {
 	if err := b.dp.stop(); err != nil {
 		b.host.Log.Debug("udp: close the old datapath", "err", err)
 	}
-	q, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu, queueCount())
+	q, err := openTUN(b.host.NetNS, b.opts.Device, b.mtu, b.queueCount())
 	if err != nil {
 		return fmt.Errorf("udp: recreate TUN device: %w", err)
 	}
@@ -390,10 +396,13 @@ func (b *Backend) restartDatapath() error {
 	return nil
 }
 
-// queueCount is how many TUN queues (and so readers) to attach: one per
-// CPU Go may use, at most 8. One TCP flow stays on one queue; many flows
-// spread over them.
-func queueCount() int {
+// queueCount is how many TUN queues (and so readers) to attach:
+// Backend.Queues, or one per CPU Go may use, at most 8. One TCP flow stays
+// on one queue; many flows spread over them.
+func (b *Backend) queueCount() int {
+	if b.opts.Queues > 0 {
+		return b.opts.Queues
+	}
 	return min(runtime.GOMAXPROCS(0), 8)
 }
 
