@@ -45,7 +45,9 @@
 // (the FDB entry's "used" time, refreshed by every transmitted frame) are
 // removed by Reconcile. The device's own FDB ageing is pushed out to a year,
 // because it counts from the last update rather than the last use and would
-// cut active flows.
+// cut active flows. While weftd is stopped the entries in place keep
+// working, but nobody answers new misses: a flow to a peer this host had no
+// entries for waits until weftd is back (static mode has no such gap).
 //
 // # What Weft owns
 //
