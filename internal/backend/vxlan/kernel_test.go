@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/routes"
 )
 
@@ -322,5 +323,60 @@ func TestSegmentationOffloadRestored(t *testing.T) {
 	l.start(h, `{"Type":"vxlan","TxChecksumOffload":"off"}`)
 	if feature(txCsumFeature) {
 		t.Error("TxChecksumOffload off did not turn checksum offload off")
+	}
+}
+
+// TestPeerMovesBetweenTunnelAndDirect: with DirectRouting, a peer whose
+// PublicIP moves onto this host's segment gets a plain route instead of its
+// tunnel route and entries, and back; each time exactly one route to its
+// subnet is left (no stale route with another metric).
+func TestPeerMovesBetweenTunnelAndDirect(t *testing.T) {
+	l := newLab(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}`)
+	h := l.addHost("br0", netip.MustParsePrefix("198.18.0.11/24"), netip.Addr{})
+	l.start(h, "")
+	sub := netip.MustParsePrefix("10.244.3.0/24")
+	peerAt := func(pub string) []lease.Lease {
+		return []lease.Lease{h.lease(), {Subnet: sub, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(pub), BackendType: "vxlan",
+			BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"}`)}}}
+	}
+	routesTo := func() []string {
+		rs, err := h.handle.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: mustIPNet(sub.String()), Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rs {
+			dev, _ := h.handle.LinkByIndex(r.LinkIndex)
+			out = append(out, r.Gw.String()+" "+dev.Attrs().Name)
+		}
+		return out
+	}
+	link, _ := h.handle.LinkByName("flannel.1")
+	for _, step := range []struct{ pub, want string }{
+		{"198.19.0.5", "10.244.3.0 flannel.1"},
+		{"198.18.0.77", "198.18.0.77 eth0"},
+		{"198.19.0.5", "10.244.3.0 flannel.1"},
+	} {
+		if err := h.be.Reconcile(context.Background(), peerAt(step.pub)); err != nil {
+			t.Fatal(err)
+		}
+		if got := routesTo(); len(got) != 1 || got[0] != step.want {
+			t.Errorf("peer at %s: routes %v, want [%s]", step.pub, got, step.want)
+		}
+		if n := countEntries(t, h, link.Attrs().Index); (step.want == "198.18.0.77 eth0") != (n == 0) {
+			t.Errorf("peer at %s: %d tunnel entries", step.pub, n)
+		}
+	}
+	// A second Weft route to the same destination with another metric (a
+	// leftover) is collapsed into one.
+	extra := &netlink.Route{Dst: mustIPNet(sub.String()), Gw: []byte{10, 244, 3, 0}, LinkIndex: link.Attrs().Index, Flags: int(netlink.FLAG_ONLINK), Protocol: 87, Priority: 9999}
+	if err := h.handle.RouteAdd(extra); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.be.Reconcile(context.Background(), peerAt("198.19.0.5")); err != nil {
+		t.Fatal(err)
+	}
+	if got := routesTo(); len(got) != 1 {
+		t.Errorf("duplicate Weft route not collapsed: %v", got)
 	}
 }

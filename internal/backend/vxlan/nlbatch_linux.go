@@ -266,6 +266,23 @@ func (b *batcher) addRoute(r routes.Route, metric uint32) {
 	b.end(s)
 }
 
+// delRoute queues the removal of one of Weft's routes, identified by its
+// destination and metric.
+func (b *batcher) delRoute(dst netip.Prefix, metric uint32) {
+	s := b.begin(unix.RTM_DELROUTE, 0, reqDesc{op: "remove route", route: routes.Route{Dst: dst}})
+	var m [12]byte
+	m[0] = unix.AF_INET
+	m[1] = byte(dst.Bits())
+	m[4] = unix.RT_TABLE_MAIN
+	m[5] = byte(routes.Protocol)
+	m[6] = unix.RT_SCOPE_NOWHERE
+	b.buf = append(b.buf, m[:]...)
+	a := dst.Addr().As4()
+	b.buf = attr(b.buf, unix.RTA_DST, a[:])
+	b.buf = attr(b.buf, unix.RTA_PRIORITY, u32(metric))
+	b.end(s)
+}
+
 // routeMetric spreads Weft's gateway routes over many metrics. The kernel
 // hashes a route's next-hop information (fib_info) by protocol, scope,
 // preferred source, metric and device, but not by gateway: thousands of

@@ -160,7 +160,7 @@ type kroute struct {
 	gw     netip.Addr
 	oif    int
 	onlink bool
-	count  int // routes with this destination (several metrics)
+	metric uint32
 }
 
 // parseRouteMsg decodes the body of an RTM_NEWROUTE message; ok is false
@@ -191,6 +191,10 @@ func parseRouteMsg(d []byte) (netip.Prefix, kroute, bool) {
 			if len(v) >= 4 {
 				r.oif = int(binary.NativeEndian.Uint32(v))
 			}
+		case unix.RTA_PRIORITY:
+			if len(v) >= 4 {
+				r.metric = binary.NativeEndian.Uint32(v)
+			}
 		case unix.RTA_MULTIPATH:
 			r.oif = -1 // never one of Weft's
 		}
@@ -201,18 +205,18 @@ func parseRouteMsg(d []byte) (netip.Prefix, kroute, bool) {
 	return netip.PrefixFrom(dst, bits), r, true
 }
 
-// listMainRoutes returns every IPv4 route of the main table by destination.
-func (b *batcher) listMainRoutes() (map[netip.Prefix]kroute, error) {
-	var out map[netip.Prefix]kroute
+// listMainRoutes returns every IPv4 route of the main table by destination
+// (several when they differ in metric).
+func (b *batcher) listMainRoutes() (map[netip.Prefix][]kroute, error) {
+	var out map[netip.Prefix][]kroute
 	var err error
 	for try := 0; try < 3; try++ {
-		out = map[netip.Prefix]kroute{}
+		out = map[netip.Prefix][]kroute{}
 		req := make([]byte, 12)
 		req[0] = unix.AF_INET
 		err = b.dump(unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(d []byte) {
 			if pfx, r, ok := parseRouteMsg(d); ok {
-				r.count = out[pfx].count + 1
-				out[pfx] = r
+				out[pfx] = append(out[pfx], r)
 			}
 		})
 		if !errors.Is(err, errDumpInterrupted) {

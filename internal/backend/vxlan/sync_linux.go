@@ -28,12 +28,12 @@ const userHZ = 100
 // syncStats counts what one sync changed.
 type syncStats struct {
 	fdbAdded, neighAdded, neighRemoved, fdbRemoved int
-	routesAdded                                    int
+	routesAdded, routesRemoved                     int
 	routes                                         routes.Result
 }
 
 func (s syncStats) changed() bool {
-	return s.fdbAdded+s.neighAdded+s.neighRemoved+s.fdbRemoved+s.routesAdded+s.routes.Added+s.routes.Replaced+s.routes.Removed > 0
+	return s.fdbAdded+s.neighAdded+s.neighRemoved+s.fdbRemoved+s.routesAdded+s.routesRemoved+s.routes.Added+s.routes.Replaced+s.routes.Removed > 0
 }
 
 func ipOf(b []byte) netip.Addr {
@@ -152,17 +152,16 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		}
 		return r.LinkIndex == idx || (underlay != 0 && r.LinkIndex == underlay)
 	}
-	// New gateway routes go in first, batched and with a spread metric (see
-	// routeMetric); package routes then finds them in place and does the
-	// rest: changes, removals, routes Weft did not make.
-	added, inPlace, err := b.addNewRoutes(bt, want, owned)
-	st.routesAdded = added
+	// Routes are written in batches with a spread metric (see routeMetric):
+	// new and changed ones first, then Weft's routes nobody wants any more.
+	// Package routes is the fallback for what this fast path leaves alone:
+	// destinations also routed by someone else, and failures.
+	rs, err := b.syncRoutes(bt, want, owned)
+	st.routesAdded, st.routesRemoved = rs.added, rs.removed
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if inPlace && err == nil {
-		st.routes.Unchanged = len(want)
-	} else {
+	if err != nil || rs.conflicts {
 		res, err := routes.Sync(h, unix.AF_INET, want, owned)
 		st.routes = res
 		if err != nil {
@@ -258,42 +257,64 @@ func unwrapJoined(err error) []error {
 	return []error{err}
 }
 
-// addNewRoutes adds, in one batch, the desired gateway routes whose
-// destination has no route in the main table yet. inPlace reports that the
-// kernel's routes now match want exactly (every desired route present as
-// Weft's, no other route of Weft's that owned claims), so package routes has
-// nothing to do.
-func (b *Backend) addNewRoutes(bt *batcher, want []routes.Route, owned func(routes.Route) bool) (added int, inPlace bool, err error) {
+// routeSync says what syncRoutes did.
+type routeSync struct {
+	added, removed int
+	// conflicts is set when a desired destination is also routed by a
+	// route Weft did not make; package routes decides those.
+	conflicts bool
+}
+
+// syncRoutes makes Weft's routes (protocol 87, in the main table, those
+// owned accepts) equal want, in batches: a desired route that is missing is
+// added; one that differs (or is there more than once, with several
+// metrics) is removed and added again in the same batch; Weft's routes not
+// wanted are removed after the adds. Destinations that also carry a route
+// Weft did not make are left to package routes.
+func (b *Backend) syncRoutes(bt *batcher, want []routes.Route, owned func(routes.Route) bool) (routeSync, error) {
+	var rs routeSync
 	cur, err := bt.listMainRoutes()
 	if err != nil {
-		return 0, false, fmt.Errorf("list routes: %w", err)
+		return rs, fmt.Errorf("list routes: %w", err)
 	}
-	inPlace = true
 	wanted := make(map[netip.Prefix]bool, len(want))
 	for _, r := range want {
 		wanted[r.Dst] = true
-		k, ok := cur[r.Dst]
-		switch {
-		case !ok && r.Gw.IsValid():
-			bt.addRoute(r, routeMetric(r.Dst))
-			added++
-		case !ok:
-			inPlace = false
-		case k.proto != uint8(routes.Protocol) || k.count != 1 || k.gw != r.Gw || k.oif != r.LinkIndex || k.onlink != r.OnLink:
-			inPlace = false
+		var weft []kroute
+		foreign := false
+		for _, k := range cur[r.Dst] {
+			if k.proto == uint8(routes.Protocol) {
+				weft = append(weft, k)
+			} else {
+				foreign = true
+			}
 		}
-	}
-	for dst, k := range cur {
-		if k.proto != uint8(routes.Protocol) || wanted[dst] || k.oif < 0 {
+		if foreign {
+			rs.conflicts = true
 			continue
 		}
-		if owned(routes.Route{Dst: dst, Gw: k.gw, LinkIndex: k.oif, OnLink: k.onlink}) {
-			inPlace = false
-			break
+		if len(weft) == 1 && weft[0].gw == r.Gw && weft[0].oif == r.LinkIndex && weft[0].onlink == r.OnLink {
+			continue
 		}
+		for _, k := range weft {
+			bt.delRoute(r.Dst, k.metric)
+		}
+		bt.addRoute(r, routeMetric(r.Dst))
+		rs.added++
 	}
 	if err := bt.done(); err != nil {
-		return added, false, err
+		return rs, err
 	}
-	return added, inPlace, nil
+	for dst, ks := range cur {
+		if wanted[dst] {
+			continue
+		}
+		for _, k := range ks {
+			if k.proto == uint8(routes.Protocol) && k.oif >= 0 && owned(routes.Route{Dst: dst, Gw: k.gw, LinkIndex: k.oif, OnLink: k.onlink}) {
+				bt.delRoute(dst, k.metric)
+				rs.removed++
+			}
+		}
+	}
+	return rs, ignoreMissing(bt.done())
 }

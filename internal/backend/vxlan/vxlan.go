@@ -258,7 +258,7 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 	}
 	if st.changed() {
 		b.log.Info("reconciled", "peers", len(t.peers), "fdb_added", st.fdbAdded, "neigh_added", st.neighAdded,
-			"routes_added", st.routesAdded+st.routes.Added+st.routes.Replaced, "routes_removed", st.routes.Removed,
+			"routes_added", st.routesAdded+st.routes.Added+st.routes.Replaced, "routes_removed", st.routesRemoved+st.routes.Removed,
 			"neigh_removed", st.neighRemoved, "fdb_removed", st.fdbRemoved, "took", time.Since(start))
 	}
 	return errors.Join(append(errs, problems...)...)
