@@ -25,8 +25,13 @@ import (
 // `ip netns add` does, so that `ip netns exec` finds them.
 const Dir = "/run/netns"
 
-// Do runs fn on an OS thread inside ns and returns its error.
+// Do runs fn on an OS thread inside ns and returns its error. A handle
+// that is not open (netns.None()) means the current namespace: fn then runs
+// directly on the calling goroutine.
 func Do(ns netns.NsHandle, fn func() error) error {
+	if !ns.IsOpen() {
+		return fn()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/weft-net/weft/internal/netnsutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,7 +27,7 @@ type flannelPeer struct {
 func startFlannelPeer(t *testing.T, tp *topo, h *testHost, peers map[netip.Prefix]netip.Addr) *flannelPeer {
 	t.Helper()
 	fp := &flannelPeer{}
-	err := inNS(h.ns, func() error {
+	err := netnsutil.Do(h.ns, func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err

@@ -21,6 +21,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netnsutil"
 )
 
 // Kernel tests build, in fresh network namespaces, an underlay bridge with
@@ -436,7 +437,7 @@ func sendFrom(t *testing.T, ns string, port int, dst netip.AddrPort, payload []b
 		t.Fatal(err)
 	}
 	defer h.Close()
-	err = inNS(h, func() error {
+	err = netnsutil.Do(h, func() error {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: port})
 		if err != nil {
 			return err
@@ -459,7 +460,7 @@ func listenIn(t *testing.T, ns string, addr netip.AddrPort) *net.UDPConn {
 	}
 	defer h.Close()
 	var c *net.UDPConn
-	if err := inNS(h, func() (err error) {
+	if err := netnsutil.Do(h, func() (err error) {
 		c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
 		return err
 	}); err != nil {

@@ -6,42 +6,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netns"
+	"github.com/weft-net/weft/internal/netnsutil"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 )
-
-// inNS runs fn on an OS thread inside ns (the current namespace if ns is
-// not open). The thread switches back before it is unlocked; if switching
-// back fails the thread stays locked, so the Go runtime retires it instead
-// of reusing a thread in the wrong namespace.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	if !ns.IsOpen() {
-		return fn()
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("current network namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter host network namespace: %w", err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: it dies with this goroutine.
-		return errors.Join(ferr, fmt.Errorf("return to original network namespace: %w", err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
 
 // tunDevice is one attached queue of the TUN device.
 type tunDevice struct {
@@ -71,7 +43,7 @@ func (q tunQueues) Close() error {
 // outlives the returned handles: closing them only detaches.
 func openTUN(ns netns.NsHandle, name string, mtu, queues int) (tunQueues, error) {
 	var q tunQueues
-	err := inNS(ns, func() error {
+	err := netnsutil.Do(ns, func() error {
 		multi := queues > 1
 		for i := 0; i < queues; i++ {
 			f, err := attachQueue(name, multi, i == 0)
@@ -157,7 +129,7 @@ func attachQueue(name string, multi, persist bool) (*os.File, error) {
 func openBind(ns netns.NsHandle, port uint16) (conn.Bind, []conn.ReceiveFunc, error) {
 	bind := conn.NewStdNetBind()
 	var fns []conn.ReceiveFunc
-	err := inNS(ns, func() error {
+	err := netnsutil.Do(ns, func() error {
 		var err error
 		fns, _, err = bind.Open(port)
 		return err
@@ -171,7 +143,7 @@ func openBind(ns netns.NsHandle, port uint16) (conn.Bind, []conn.ReceiveFunc, er
 // setSysctl writes value to /proc/sys/<key> inside ns (the files under
 // /proc/sys/net belong to the namespace of the thread that opens them).
 func setSysctl(ns netns.NsHandle, key, value string) error {
-	return inNS(ns, func() error {
+	return netnsutil.Do(ns, func() error {
 		path := "/proc/sys/" + key
 		cur, err := os.ReadFile(path)
 		if err == nil && strings.TrimSpace(string(cur)) == value {
