@@ -79,6 +79,15 @@ type Agent struct {
 	// lastErr is the previous reconcile's error text, so that a problem that
 	// persists is logged once, not every resync period.
 	lastErr string
+	// metrics are served on /metrics.
+	metrics metrics
+}
+
+// metrics are the agent's counters and gauges, read by the health server.
+type metrics struct {
+	reconciles, reconcileErrors, acquisitions atomic.Uint64
+	peers, lastReconcileNanos                 atomic.Int64
+	counters                                  atomic.Pointer[backend.Counters]
 }
 
 // New returns an agent using st for leases. masq may be nil when IPMasq is
@@ -109,6 +118,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	be, err := a.newBackend(network, host)
 	if err != nil {
 		return err
+	}
+	if c, ok := be.(backend.Counters); ok {
+		a.metrics.counters.Store(&c)
 	}
 	local, err := be.Init(ctx)
 	if err != nil {
@@ -212,6 +224,12 @@ func (a *Agent) reconcile(ctx context.Context, network *config.Network, be backe
 	}
 	start := time.Now()
 	err := be.Reconcile(ctx, peers)
+	a.metrics.reconciles.Add(1)
+	a.metrics.peers.Store(int64(len(peers)))
+	a.metrics.lastReconcileNanos.Store(int64(time.Since(start)))
+	if err != nil {
+		a.metrics.reconcileErrors.Add(1)
+	}
 	switch {
 	case err != nil && err.Error() != a.lastErr:
 		a.log.Warn("datapath reconciled with errors", "peers", len(peers), "err", err)
@@ -270,6 +288,7 @@ func (a *Agent) acquire(ctx context.Context, network *config.Network, attrs leas
 	for {
 		l, err := a.store.Acquire(ctx, store.AcquireRequest{Network: network, Attrs: attrs, TTL: a.cfg.LeaseTTL, Previous: previous})
 		if err == nil {
+			a.metrics.acquisitions.Add(1)
 			a.log.Info("lease acquired", "subnet", l.Subnet, "public_ip", attrs.PublicIP, "reserved", l.Reserved(), "etcd_lease", fmt.Sprintf("%x", l.EtcdLease))
 			return l, nil
 		}

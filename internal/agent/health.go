@@ -7,12 +7,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
 	"time"
 )
 
-// ServeHealth serves /healthz (the process is alive) and /readyz (the
-// agent is [Agent.Ready]) on addr, "HOST:PORT" or "unix:/path", until ctx
+// ServeHealth serves /healthz (the process is alive), /readyz (the agent
+// is [Agent.Ready]) and /metrics (Prometheus text format) on addr, "HOST:PORT" or "unix:/path", until ctx
 // is done.
 func (a *Agent) ServeHealth(ctx context.Context, addr string) error {
 	network, address := "tcp", addr
@@ -37,6 +38,7 @@ func (a *Agent) ServeHealth(ctx context.Context, addr string) error {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.HandleFunc("/metrics", a.serveMetrics)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -48,4 +50,35 @@ func (a *Agent) ServeHealth(ctx context.Context, addr string) error {
 		return fmt.Errorf("health: %w", err)
 	}
 	return nil
+}
+
+// serveMetrics writes the agent's metrics in Prometheus' text format.
+func (a *Agent) serveMetrics(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	m := &a.metrics
+	ready := 0
+	if a.Ready() {
+		ready = 1
+	}
+	metric := func(name, typ, help string, v any) {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n%s %v\n", name, help, name, typ, name, v)
+	}
+	metric("weftd_ready", "gauge", "1 once the lease is held, the datapath programmed and subnet.env written.", ready)
+	metric("weftd_peers", "gauge", "Peers passed to the backend at the last reconcile.", m.peers.Load())
+	metric("weftd_reconciles_total", "counter", "Reconciles of the datapath.", m.reconciles.Load())
+	metric("weftd_reconcile_errors_total", "counter", "Reconciles that reported an error for at least one peer.", m.reconcileErrors.Load())
+	metric("weftd_last_reconcile_seconds", "gauge", "Duration of the last reconcile.", time.Duration(m.lastReconcileNanos.Load()).Seconds())
+	metric("weftd_lease_acquisitions_total", "counter", "Subnet leases acquired (at start and after a loss).", m.acquisitions.Load())
+	if c := m.counters.Load(); c != nil {
+		counters := (*c).Counters()
+		names := make([]string, 0, len(counters))
+		for name := range counters {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		fmt.Fprintf(w, "# HELP weftd_backend_total Packet-path counters of the backend.\n# TYPE weftd_backend_total counter\n")
+		for _, name := range names {
+			fmt.Fprintf(w, "weftd_backend_total{counter=%q} %d\n", name, counters[name])
+		}
+	}
 }

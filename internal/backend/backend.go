@@ -98,3 +98,10 @@ type Kind struct {
 	// New builds the backend for a host from the raw Backend object.
 	New func(h Host, opts json.RawMessage) (Backend, error)
 }
+
+// Counters is an optional ability of a backend whose packet path runs in
+// weftd (udp): monotonically increasing counters by name, such as
+// "tx_packets" or "rx_dropped_unknown_sender", served on /metrics.
+type Counters interface {
+	Counters() map[string]uint64
+}

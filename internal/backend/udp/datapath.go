@@ -83,6 +83,23 @@ func (b *Backend) Stats() Stats {
 	return s
 }
 
+// Counters implements [backend.Counters] for /metrics.
+func (b *Backend) Counters() map[string]uint64 {
+	s := b.Stats()
+	m := map[string]uint64{
+		"tx_packets": s.TxPackets, "tx_bytes": s.TxBytes, "rx_packets": s.RxPackets, "rx_bytes": s.RxBytes,
+		"tx_batches": s.TxBatches, "rx_batches": s.RxBatches, "icmp_sent": s.ICMPSent,
+		"read_errors": s.ReadErrors, "send_errors": s.SendErrors, "write_errors": s.WriteErrors,
+	}
+	for reason, n := range s.TxDropped {
+		m["tx_dropped_"+reason] = n
+	}
+	for reason, n := range s.RxDropped {
+		m["rx_dropped_"+reason] = n
+	}
+	return m
+}
+
 // buffers is a batch of packet buffers, each a bufSize region of one
 // allocation.
 type buffers struct {
