@@ -1,0 +1,344 @@
+package vxlan
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// This file is an experiment, not product code: it measures how much of
+// the pod path's cost tc eBPF redirects could take away (the way past the
+// ~0.9 the kernel's own knobs reach, per FACTS.md). Two tiny programs per
+// host, written as raw BPF instructions (no compiler, no library):
+//
+//   - on the pod's host-side veth, ingress: IPv4 to another host's pod
+//     subnet → bpf_redirect_neigh(flannel.1): skips the cni0 bridge, IP
+//     forwarding and netfilter on the way out;
+//   - on flannel.1, ingress (after decapsulation): IPv4 to the local pod →
+//     rewrite the Ethernet header, bpf_redirect_peer(pod veth): the packet
+//     lands in the pod's namespace directly, skipping forwarding, the
+//     bridge and the veth's backlog.
+//
+// Product use would need the CNI plugin and the backend to agree on pod
+// interfaces (a map from pod address to veth and MAC); here each host has
+// one pod, so the values are constants in the programs.
+
+type bpfInsn struct {
+	code uint8
+	regs uint8 // dst in the low nibble, src in the high
+	off  int16
+	imm  int32
+}
+
+func insn(code uint8, dst, src uint8, off int16, imm int32) bpfInsn {
+	return bpfInsn{code: code, regs: src<<4 | dst, off: off, imm: imm}
+}
+
+const (
+	opMovX   = 0xbf // r_dst = r_src
+	opMovK   = 0xb7 // r_dst = imm
+	opAddK   = 0x07
+	opAndK   = 0x57
+	opRshK   = 0x77
+	opLdxW   = 0x61
+	opLdxH   = 0x69
+	opStW    = 0x62
+	opStH    = 0x6a
+	opJgtX   = 0x2d
+	opJneK   = 0x55
+	opJeqK   = 0x15
+	opJne32K = 0x56
+	opCall   = 0x85
+	opExit   = 0x95
+
+	skbData    = 76 // offsetof(struct __sk_buff, data)
+	skbDataEnd = 80
+
+	fnRedirectNeigh = 152
+	fnRedirectPeer  = 155
+)
+
+// progToTunnel redirects IPv4 packets to 10.244.0.0/16 outside the host's
+// own /24 (third octet own3) to the tunnel device.
+func progToTunnel(own3 uint8, tunnel int) []bpfInsn {
+	return []bpfInsn{
+		insn(opMovX, 6, 1, 0, 0),
+		insn(opLdxW, 2, 6, skbData, 0),
+		insn(opLdxW, 3, 6, skbDataEnd, 0),
+		insn(opMovX, 4, 2, 0, 0),
+		insn(opAddK, 4, 0, 0, 34),
+		insn(opJgtX, 4, 3, 16, 0), // → pass
+		insn(opLdxH, 5, 2, 12, 0),
+		insn(opJneK, 5, 0, 14, 0x0008), // not IPv4 → pass
+		insn(opLdxW, 5, 2, 30, 0),      // destination address
+		insn(opMovX, 7, 5, 0, 0),
+		insn(opAndK, 7, 0, 0, 0xffff),
+		insn(opJneK, 7, 0, 10, 0xf40a), // not 10.244/16 → pass
+		insn(opMovX, 7, 5, 0, 0),
+		insn(opRshK, 7, 0, 0, 16),
+		insn(opAndK, 7, 0, 0, 0xff),
+		insn(opJeqK, 7, 0, 6, int32(own3)), // own subnet → pass
+		insn(opMovK, 1, 0, 0, int32(tunnel)),
+		insn(opMovK, 2, 0, 0, 0),
+		insn(opMovK, 3, 0, 0, 0),
+		insn(opMovK, 4, 0, 0, 0),
+		insn(opCall, 0, 0, 0, fnRedirectNeigh),
+		insn(opExit, 0, 0, 0, 0),
+		insn(opMovK, 0, 0, 0, 0), // pass: TC_ACT_OK
+		insn(opExit, 0, 0, 0, 0),
+	}
+}
+
+// progToPod delivers IPv4 packets for pod straight into the pod's
+// namespace through its veth peer, with the pod's MAC as destination.
+func progToPod(pod netip.Addr, podMAC, gwMAC net.HardwareAddr, veth int) []bpfInsn {
+	a := pod.As4()
+	le := func(b []byte) int32 {
+		var x [4]byte
+		copy(x[:], b)
+		return int32(binary.LittleEndian.Uint32(x[:]))
+	}
+	return []bpfInsn{
+		insn(opMovX, 6, 1, 0, 0),
+		insn(opLdxW, 2, 6, skbData, 0),
+		insn(opLdxW, 3, 6, skbDataEnd, 0),
+		insn(opMovX, 4, 2, 0, 0),
+		insn(opAddK, 4, 0, 0, 34),
+		insn(opJgtX, 4, 3, 12, 0), // → pass
+		insn(opLdxH, 5, 2, 12, 0),
+		insn(opJneK, 5, 0, 10, 0x0008),
+		insn(opLdxW, 5, 2, 30, 0),
+		insn(opJne32K, 5, 0, 8, le(a[:])),
+		insn(opStW, 2, 0, 0, le(podMAC[0:4])),
+		insn(opStH, 2, 0, 4, le(podMAC[4:6])),
+		insn(opStH, 2, 0, 6, le(gwMAC[0:2])),
+		insn(opStW, 2, 0, 8, le(gwMAC[2:6])),
+		insn(opMovK, 1, 0, 0, int32(veth)),
+		insn(opMovK, 2, 0, 0, 0),
+		insn(opCall, 0, 0, 0, fnRedirectPeer),
+		insn(opExit, 0, 0, 0, 0),
+		insn(opMovK, 0, 0, 0, 0),
+		insn(opExit, 0, 0, 0, 0),
+	}
+}
+
+// loadProg loads a sched_cls program and returns its file descriptor.
+func loadProg(insns []bpfInsn) (int, error) {
+	license := []byte("GPL\x00")
+	logBuf := make([]byte, 64<<10)
+	var attr [128]byte
+	binary.NativeEndian.PutUint32(attr[0:], unix.BPF_PROG_TYPE_SCHED_CLS)
+	binary.NativeEndian.PutUint32(attr[4:], uint32(len(insns)))
+	binary.NativeEndian.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&insns[0]))))
+	binary.NativeEndian.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
+	binary.NativeEndian.PutUint32(attr[24:], 1)
+	binary.NativeEndian.PutUint32(attr[28:], uint32(len(logBuf)))
+	binary.NativeEndian.PutUint64(attr[32:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
+	copy(attr[48:], "wvx_redirect")
+	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr[0])), uintptr(len(attr)))
+	runtime.KeepAlive(insns)
+	runtime.KeepAlive(license)
+	if errno != 0 {
+		return -1, fmt.Errorf("BPF_PROG_LOAD: %w\n%s", errno, logBuf[:clen(logBuf)])
+	}
+	return int(fd), nil
+}
+
+func clen(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return len(b)
+}
+
+// attachIngress attaches prog to link's tc ingress (clsact, direct action).
+func attachIngress(h *netlink.Handle, link netlink.Link, prog int) error {
+	q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+	if err := h.QdiscReplace(q); err != nil {
+		return fmt.Errorf("clsact on %s: %w", link.Attrs().Name, err)
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs:  netlink.FilterAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS, Handle: netlink.MakeHandle(0, 1), Protocol: unix.ETH_P_ALL, Priority: 1},
+		Fd:           prog,
+		Name:         "wvx",
+		DirectAction: true,
+	}
+	if err := h.FilterAdd(f); err != nil {
+		return fmt.Errorf("bpf filter on %s: %w", link.Attrs().Name, err)
+	}
+	return nil
+}
+
+func detachIngress(h *netlink.Handle, link netlink.Link) error {
+	q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+	return h.QdiscDel(q)
+}
+
+// BenchmarkKernelPodToPodRedirect compares, in one run, pod-to-pod TCP
+// over Weft's VXLAN device with and without the tc eBPF redirects, each
+// against the underlay measured just before (iperf3 -A 0,1, 4 s, five
+// rounds, medians of the pair ratios; also iperf3's CPU per Gbit/s).
+// Run:
+//
+//	go test -run '^$' -bench KernelPodToPodRedirect -benchtime 1x -v ./internal/backend/vxlan
+func BenchmarkKernelPodToPodRedirect(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 is not installed")
+	}
+	l := newLab(b, testNet)
+	for i := 1; i <= 2; i++ {
+		l.addHost("br0", netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)}), 24), netip.Addr{})
+	}
+	for _, h := range l.hosts {
+		l.start(h, "")
+	}
+	l.reconcileAll()
+	type att struct {
+		h          *host
+		veth, tunl netlink.Link
+		out, in    int
+	}
+	var atts []att
+	for _, h := range l.hosts {
+		run(b, "ip", "-n", h.pod, "link", "set", "eth0", "mtu", fmt.Sprint(h.local.MTU))
+		veth, err := h.handle.LinkByName("veth0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		tunl, _ := h.handle.LinkByName("flannel.1")
+		podMAC := podHWAddr(b, h)
+		out, err := loadProg(progToTunnel(byte(h.i), tunl.Attrs().Index))
+		if err != nil {
+			b.Fatal(err)
+		}
+		in, err := loadProg(progToPod(h.podIP, podMAC, veth.Attrs().HardwareAddr, veth.Attrs().Index))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { unix.Close(out); unix.Close(in) })
+		atts = append(atts, att{h, veth, tunl, out, in})
+	}
+	attach := func(on bool) {
+		for _, a := range atts {
+			if on {
+				if err := attachIngress(a.h.handle, a.veth, a.out); err != nil {
+					b.Fatal(err)
+				}
+				if err := attachIngress(a.h.handle, a.tunl, a.in); err != nil {
+					b.Fatal(err)
+				}
+			} else {
+				_ = detachIngress(a.h.handle, a.veth)
+				_ = detachIngress(a.h.handle, a.tunl)
+			}
+		}
+	}
+	h1, h2 := l.hosts[0], l.hosts[1]
+	for _, ns := range []string{h2.ns, h2.pod} {
+		srv := exec.Command("ip", "netns", "exec", ns, "iperf3", "-s", "-p", "5201")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	}
+	attach(true)
+	waitPing(b, h1, h2.podIP, 5*time.Second)
+	attach(false)
+	waitPing(b, h1, h2.podIP, 5*time.Second)
+	time.Sleep(300 * time.Millisecond) // let the iperf3 servers listen
+	for i := 0; i < b.N; i++ {
+		var plain, redir, plainCost, redirCost []float64
+		for range 5 {
+			u := iperfJ(b, h1.ns, h2.public.String())
+			p := iperfJ(b, h1.pod, h2.podIP.String())
+			attach(true)
+			r := iperfJ(b, h1.pod, h2.podIP.String())
+			attach(false)
+			plain, redir = append(plain, p.gbps/u.gbps), append(redir, r.gbps/u.gbps)
+			plainCost, redirCost = append(plainCost, u.cost()/p.cost()), append(redirCost, u.cost()/r.cost())
+			b.Logf("underlay %.2f, pod %.2f, pod with redirects %.2f Gbit/s", u.gbps, p.gbps, r.gbps)
+		}
+		med := func(x []float64) float64 { slices.Sort(x); return x[len(x)/2] }
+		b.Logf("ratios plain %.3f redirect %.3f; cost ratios plain %.3f redirect %.3f", plain, redir, plainCost, redirCost)
+		b.ReportMetric(med(plain), "ratio-plain")
+		b.ReportMetric(med(redir), "ratio-redirect")
+		b.ReportMetric(med(plainCost), "cost-ratio-plain")
+		b.ReportMetric(med(redirCost), "cost-ratio-redirect")
+	}
+}
+
+func podHWAddr(b *testing.B, h *host) net.HardwareAddr {
+	b.Helper()
+	ns, err := netnsFromName(h.pod)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	ph, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ph.Close()
+	l, err := ph.LinkByName("eth0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return l.Attrs().HardwareAddr
+}
+
+type iperfOut struct{ gbps, cpu float64 }
+
+// cost is CPU percent (sender + receiver) per Gbit/s.
+func (r iperfOut) cost() float64 { return r.cpu / r.gbps }
+
+func iperfJ(b *testing.B, ns, dst string) iperfOut {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out []byte
+	var err error
+	for try := 0; try < 20; try++ {
+		// The server takes a moment to finish the previous test.
+		out, err = exec.CommandContext(ctx, "ip", "netns", "exec", ns, "iperf3", "-c", dst, "-p", "5201", "-t", "4", "-A", "0,1", "-J").Output()
+		if err == nil || !strings.Contains(string(out), "server is busy") {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		b.Fatalf("iperf3 %s -> %s: %v\n%s", ns, dst, err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			CPU struct {
+				Host   float64 `json:"host_total"`
+				Remote float64 `json:"remote_total"`
+			} `json:"cpu_utilization_percent"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || res.End.SumReceived.BitsPerSecond <= 0 {
+		b.Fatalf("iperf3: %v %s", err, out)
+	}
+	return iperfOut{res.End.SumReceived.BitsPerSecond / 1e9, res.End.CPU.Host + res.End.CPU.Remote}
+}
+
+func netnsFromName(name string) (netns.NsHandle, error) { return netns.GetFromName(name) }
