@@ -78,3 +78,72 @@ func iperf(b *testing.B, ns, dst string) float64 {
 	}
 	return res.End.SumReceived.BitsPerSecond / 1e9
 }
+
+// BenchmarkKernelDeviceAB compares, in one run, pod-to-pod TCP through the
+// VXLAN device and entries Weft makes with the same built by hand the way
+// flannel's documentation does (`ip link add … type vxlan`, `ip neigh`,
+// `bridge fdb`, `ip route`), alternating, five rounds: any difference is
+// Weft's. Run:
+//
+//	go test -run '^$' -bench KernelDeviceAB -benchtime 1x -v ./internal/backend/vxlan
+func BenchmarkKernelDeviceAB(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 is not installed")
+	}
+	l := newLab(b, testNet)
+	for i := 1; i <= 2; i++ {
+		l.addHost("br0", netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)}), 24), netip.Addr{})
+	}
+	for _, h := range l.hosts {
+		l.start(h, "")
+		run(b, "ip", "-n", h.pod, "link", "set", "eth0", "mtu", strconv.Itoa(h.local.MTU))
+	}
+	l.reconcileAll()
+	h1, h2 := l.hosts[0], l.hosts[1]
+	handBuilt := func() {
+		for _, h := range l.hosts {
+			peer := l.hosts[2-h.i]
+			run(b, "ip", "-n", h.ns, "link", "del", "flannel.1")
+			run(b, "ip", "-n", h.ns, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", h.public.String(), "dev", "eth0", "dstport", "8472", "nolearning")
+			run(b, "ip", "-n", h.ns, "link", "set", "flannel.1", "address", h.be.VtepMAC(), "mtu", "1450", "up")
+			run(b, "ip", "-n", h.ns, "addr", "add", h.subnet.Addr().String()+"/32", "dev", "flannel.1")
+			run(b, "ip", "-n", h.ns, "neigh", "replace", peer.subnet.Addr().String(), "lladdr", peer.be.VtepMAC(), "dev", "flannel.1", "nud", "permanent")
+			run(b, "bridge", "-n", h.ns, "fdb", "replace", peer.be.VtepMAC(), "dev", "flannel.1", "dst", peer.public.String(), "self", "permanent")
+			run(b, "ip", "-n", h.ns, "route", "replace", peer.subnet.String(), "via", peer.subnet.Addr().String(), "dev", "flannel.1", "onlink")
+		}
+	}
+	weftBuilt := func() {
+		for _, h := range l.hosts {
+			run(b, "ip", "-n", h.ns, "link", "del", "flannel.1")
+		}
+		l.reconcileAll()
+	}
+	for _, ns := range []string{h2.ns, h2.pod} {
+		srv := exec.Command("ip", "netns", "exec", ns, "iperf3", "-s", "-p", "5201")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	}
+	waitPing(b, h1, h2.podIP, 5*time.Second)
+	time.Sleep(300 * time.Millisecond) // let the iperf3 servers listen
+	for i := 0; i < b.N; i++ {
+		var weft, hand []float64
+		for range 5 {
+			u := iperfJ(b, h1.ns, h2.public.String())
+			w := iperfJ(b, h1.pod, h2.podIP.String())
+			handBuilt()
+			waitPing(b, h1, h2.podIP, 5*time.Second)
+			m := iperfJ(b, h1.pod, h2.podIP.String())
+			weftBuilt()
+			waitPing(b, h1, h2.podIP, 5*time.Second)
+			weft, hand = append(weft, w.gbps/u.gbps), append(hand, m.gbps/u.gbps)
+			b.Logf("underlay %.2f, Weft's device %.2f, hand-built %.2f Gbit/s", u.gbps, w.gbps, m.gbps)
+		}
+		slices.Sort(weft)
+		slices.Sort(hand)
+		b.Logf("ratios Weft %.3f, hand-built %.3f", weft, hand)
+		b.ReportMetric(weft[2], "ratio-weft")
+		b.ReportMetric(hand[2], "ratio-hand-built")
+	}
+}
