@@ -395,7 +395,7 @@ func avgRTT(b testing.TB, ns, dst string) float64 {
 //	go test -run '^$' -bench VXLANControlPlane -benchtime 1x ./test/e2e
 func BenchmarkVXLANControlPlane(b *testing.B) {
 	const n = 5000
-	l := benchLab(b, lab.Spec{Hosts: 1, Pods: 0, Backend: "vxlan", Network: "10.0.0.0/8", SkipReachability: true})
+	l := benchLab(b, lab.Spec{Hosts: 1, Pods: 0, Backend: "vxlan", Network: "10.0.0.0/8", SkipReachability: true, ResyncPeriod: 2 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	st, err := l.Store(ctx)
@@ -434,6 +434,11 @@ func BenchmarkVXLANControlPlane(b *testing.B) {
 				rss := rssMB(b, hs.PID)
 				b.Logf("weftd RSS with %d peers: %.1f MB", n, rss)
 				b.ReportMetric(rss, "weftd-RSS-MB")
+				// Steady state: five resyncs (2 s apart) of 5000 peers later.
+				time.Sleep(10 * time.Second)
+				steady := rssMB(b, hs.PID)
+				b.Logf("weftd RSS after five resyncs of %d peers: %.1f MB", n, steady)
+				b.ReportMetric(steady, "weftd-RSS-MB-steady")
 			}
 			for _, p := range peers {
 				if err := st.DeleteLease(ctx, p.Subnet); err != nil {

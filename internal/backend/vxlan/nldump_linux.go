@@ -132,9 +132,9 @@ func parseNeighMsg(d []byte, family uint8) (kentry, bool) {
 }
 
 // listEntries dumps the neighbour (AF_INET) or FDB (AF_BRIDGE) entries of
-// device idx, retrying a dump the kernel reports as interrupted.
-func (b *batcher) listEntries(family uint8, idx int) ([]kentry, error) {
-	var out []kentry
+// device idx into out (reused), retrying a dump the kernel reports as
+// interrupted.
+func (b *batcher) listEntries(family uint8, idx int, out []kentry) ([]kentry, error) {
 	var err error
 	for try := 0; try < 3; try++ {
 		out = out[:0]
@@ -205,23 +205,46 @@ func parseRouteMsg(d []byte) (netip.Prefix, kroute, bool) {
 	return netip.PrefixFrom(dst, bits), r, true
 }
 
-// listMainRoutes returns every IPv4 route of the main table by destination
-// (several when they differ in metric).
-func (b *batcher) listMainRoutes() (map[netip.Prefix][]kroute, error) {
-	var out map[netip.Prefix][]kroute
+// routeDump holds the main table's IPv4 routes by destination: the first
+// route of each in one, any further ones (other metrics) in more. Kept and
+// reused across syncs.
+type routeDump struct {
+	one  map[netip.Prefix]kroute
+	more map[netip.Prefix][]kroute
+}
+
+// each calls fn for every route to dst.
+func (d *routeDump) each(dst netip.Prefix, fn func(kroute)) {
+	if k, ok := d.one[dst]; ok {
+		fn(k)
+	}
+	for _, k := range d.more[dst] {
+		fn(k)
+	}
+}
+
+// listMainRoutes fills d with every IPv4 route of the main table.
+func (b *batcher) listMainRoutes(d *routeDump) error {
 	var err error
 	for try := 0; try < 3; try++ {
-		out = map[netip.Prefix][]kroute{}
+		clear(d.one)
+		clear(d.more)
 		req := make([]byte, 12)
 		req[0] = unix.AF_INET
-		err = b.dump(unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(d []byte) {
-			if pfx, r, ok := parseRouteMsg(d); ok {
-				out[pfx] = append(out[pfx], r)
+		err = b.dump(unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(m []byte) {
+			pfx, r, ok := parseRouteMsg(m)
+			if !ok {
+				return
+			}
+			if _, dup := d.one[pfx]; dup {
+				d.more[pfx] = append(d.more[pfx], r)
+			} else {
+				d.one[pfx] = r
 			}
 		})
 		if !errors.Is(err, errDumpInterrupted) {
 			break
 		}
 	}
-	return out, err
+	return err
 }

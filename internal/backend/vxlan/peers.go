@@ -67,6 +67,8 @@ type peer struct {
 	// data is the BackendData the peer was decoded from, to skip decoding
 	// it again while it does not change.
 	data string
+	// index is the peer's position in its table's peers.
+	index int
 	// direct is set when DirectRouting applies: the peer is reached by a
 	// plain route over the underlay, without encapsulation.
 	direct bool
@@ -106,6 +108,34 @@ type peerTable struct {
 	bySubnet map[netip.Prefix]*peer
 	byMAC    map[hwAddr]*peer
 	lens     []int // distinct subnet lengths, longest first
+	// skipped counts the leases left out (own lease included), so sameAs
+	// can tell an unchanged lease set without decoding it again.
+	skipped int
+	own     netip.Prefix
+}
+
+// sameAs reports whether leases would build exactly this table: every
+// lease is either one of its peers, unchanged, or this host's own, and no
+// lease was left out before (a bad lease must be reported again). Resyncs
+// of thousands of unchanged peers then cost no allocation here.
+func (t *peerTable) sameAs(leases []lease.Lease, own netip.Prefix, direct func(netip.Addr) bool) bool {
+	if t == nil || t.skipped != 0 || t.own != own {
+		return false
+	}
+	n := 0
+	for i := range leases {
+		l := &leases[i]
+		if l.Subnet == own {
+			continue
+		}
+		p := t.bySubnet[l.Subnet]
+		if p == nil || p.public != l.Attrs.PublicIP || l.Attrs.BackendType != "vxlan" || p.data != string(l.Attrs.BackendData) ||
+			p.direct != (direct != nil && direct(p.public)) {
+			return false
+		}
+		n++
+	}
+	return n == len(t.peers)
 }
 
 // buildPeers validates leases and returns the table of peers to serve.
@@ -115,59 +145,73 @@ type peerTable struct {
 // previous table (its decoded peers are reused); self holds this host's
 // PublicIP and VtepMAC, which no peer may claim.
 func buildPeers(leases []lease.Lease, own, network netip.Prefix, vni int, direct func(netip.Addr) bool, prev *peerTable, self peer) (*peerTable, []error) {
+	if prev.sameAs(leases, own, direct) {
+		return prev, nil
+	}
 	t := &peerTable{
 		bySubnet: make(map[netip.Prefix]*peer, len(leases)),
 		byMAC:    make(map[hwAddr]*peer, len(leases)),
+		own:      own,
 	}
 	var errs []error
 	for _, l := range leases {
 		if l.Subnet == own {
 			continue
 		}
-		var p peer
-		var err error
-		if old := prev.get(l.Subnet); old != nil && old.public == l.Attrs.PublicIP && l.Attrs.BackendType == "vxlan" && old.data == string(l.Attrs.BackendData) {
-			p = *old
-		} else {
-			p, err = decodePeer(l, vni)
+		p, err := buildPeer(l, vni, prev)
+		if err == nil {
+			err = t.admit(&p, own, network, direct, self)
 		}
 		if err != nil {
+			t.skipped++
 			errs = append(errs, err)
 			continue
 		}
-		if p.mac == self.mac || (self.public.IsValid() && p.public == self.public) {
-			errs = append(errs, fmt.Errorf("lease %s: PublicIP %s / VtepMAC %s are this host's own (a stale lease of this host?)", p.subnet, p.public, p.mac))
-			continue
-		}
-		if !network.Contains(p.subnet.Addr()) || p.subnet.Bits() < network.Bits() {
-			errs = append(errs, fmt.Errorf("lease %s: Subnet lies outside the network %s", p.subnet, network))
-			continue
-		}
-		if own.IsValid() && own.Overlaps(p.subnet) {
-			errs = append(errs, fmt.Errorf("lease %s: Subnet overlaps this host's subnet %s", p.subnet, own))
-			continue
-		}
-		if _, dup := t.bySubnet[p.subnet]; dup {
-			errs = append(errs, fmt.Errorf("lease %s: listed twice", p.subnet))
-			continue
-		}
-		p.direct = direct != nil && direct(p.public)
-		pp := &p
-		if !p.direct {
-			if o, dup := t.byMAC[p.mac]; dup {
-				errs = append(errs, fmt.Errorf("lease %s: BackendData.VtepMAC %s is already used by lease %s", p.subnet, p.mac, o.subnet))
-				continue
-			}
-			t.byMAC[p.mac] = pp
-		}
-		t.bySubnet[p.subnet] = pp
-		t.peers = append(t.peers, pp)
-		if !slices.Contains(t.lens, p.subnet.Bits()) {
-			t.lens = append(t.lens, p.subnet.Bits())
-			slices.SortFunc(t.lens, func(a, b int) int { return b - a })
-		}
 	}
 	return t, errs
+}
+
+// buildPeer decodes a lease, reusing the previous table's peer when the
+// lease is unchanged.
+func buildPeer(l lease.Lease, vni int, prev *peerTable) (peer, error) {
+	if old := prev.get(l.Subnet); old != nil && old.public == l.Attrs.PublicIP && l.Attrs.BackendType == "vxlan" && old.data == string(l.Attrs.BackendData) {
+		p := *old
+		p.index = 0
+		return p, nil
+	}
+	return decodePeer(l, vni)
+}
+
+// admit checks a decoded peer against this host and the peers already in
+// the table, and adds it.
+func (t *peerTable) admit(pp *peer, own, network netip.Prefix, direct func(netip.Addr) bool, self peer) error {
+	p := pp
+	switch {
+	case p.mac == self.mac || (self.public.IsValid() && p.public == self.public):
+		return fmt.Errorf("lease %s: PublicIP %s / VtepMAC %s are this host's own (a stale lease of this host?)", p.subnet, p.public, p.mac)
+	case !network.Contains(p.subnet.Addr()) || p.subnet.Bits() < network.Bits():
+		return fmt.Errorf("lease %s: Subnet lies outside the network %s", p.subnet, network)
+	case own.IsValid() && own.Overlaps(p.subnet):
+		return fmt.Errorf("lease %s: Subnet overlaps this host's subnet %s", p.subnet, own)
+	}
+	if _, dup := t.bySubnet[p.subnet]; dup {
+		return fmt.Errorf("lease %s: listed twice", p.subnet)
+	}
+	p.direct = direct != nil && direct(p.public)
+	if !p.direct {
+		if o, dup := t.byMAC[p.mac]; dup {
+			return fmt.Errorf("lease %s: BackendData.VtepMAC %s is already used by lease %s", p.subnet, p.mac, o.subnet)
+		}
+		t.byMAC[p.mac] = p
+	}
+	p.index = len(t.peers)
+	t.bySubnet[p.subnet] = p
+	t.peers = append(t.peers, p)
+	if !slices.Contains(t.lens, p.subnet.Bits()) {
+		t.lens = append(t.lens, p.subnet.Bits())
+		slices.SortFunc(t.lens, func(a, b int) int { return b - a })
+	}
+	return nil
 }
 
 // lookupIP returns the peer whose subnet holds a, or nil.

@@ -32,8 +32,11 @@ type syncStats struct {
 	routes                                         routes.Result
 }
 
-func (s syncStats) changed() bool {
-	return s.fdbAdded+s.neighAdded+s.neighRemoved+s.fdbRemoved+s.routesAdded+s.routesRemoved+s.routes.Added+s.routes.Replaced+s.routes.Removed > 0
+func (s syncStats) changed() bool { return s.changes() > 0 }
+
+// changes counts the kernel entries written or removed.
+func (s syncStats) changes() int {
+	return s.fdbAdded + s.neighAdded + s.neighRemoved + s.fdbRemoved + s.routesAdded + s.routesRemoved + s.routes.Added + s.routes.Replaced + s.routes.Removed
 }
 
 func ipOf(b []byte) netip.Addr {
@@ -63,6 +66,16 @@ func neighEntry(idx int, ip netip.Addr, mac hwAddr, state int) *netlink.Neigh {
 	}
 }
 
+// scratch returns a cleared []bool of length n, reused across syncs.
+func (b *Backend) scratch(n int) []bool {
+	if cap(b.have) < n {
+		b.have = make([]bool, n)
+	}
+	b.have = b.have[:n]
+	clear(b.have)
+	return b.have
+}
+
 // syncEntries makes the FDB, neighbour table and routes of the device idx
 // serve exactly the peers in t. One dump per table; writes only for
 // differences; adds FDB → neighbour → route and removes route → neighbour →
@@ -81,28 +94,32 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		return st, err
 	}
 	defer bt.close()
-	fdbs, err := bt.listEntries(unix.AF_BRIDGE, idx)
+	fdbs, err := bt.listEntries(unix.AF_BRIDGE, idx, b.fdbs[:0])
+	b.fdbs = fdbs
 	if err != nil {
 		return st, fmt.Errorf("list FDB of %s: %w", b.s.device, err)
 	}
-	neighs, err := bt.listEntries(unix.AF_INET, idx)
+	neighs, err := bt.listEntries(unix.AF_INET, idx, b.neighs[:0])
+	b.neighs = neighs
 	if err != nil {
 		return st, fmt.Errorf("list neighbours of %s: %w", b.s.device, err)
 	}
 
 	// Adds: FDB first, then neighbours.
 	if static {
-		haveFDB := make(map[hwAddr]bool, len(fdbs))
+		// have[i] says peer i's entry is in place; indexes, not maps, so a
+		// resync of thousands of peers allocates next to nothing.
+		have := b.scratch(len(t.peers))
 		for _, f := range fdbs {
 			if f.state&netlink.NUD_PERMANENT == 0 || !f.hasMAC {
 				continue
 			}
 			if p := t.byMAC[f.mac]; p != nil && f.ip == p.public {
-				haveFDB[f.mac] = true
+				have[p.index] = true
 			}
 		}
 		for _, p := range t.peers {
-			if !p.direct && !haveFDB[p.mac] {
+			if !p.direct && !have[p.index] {
 				bt.setFDB(idx, p.mac, p.public, netlink.NUD_PERMANENT)
 				st.fdbAdded++
 			}
@@ -110,17 +127,17 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		if err := bt.done(); err != nil {
 			errs = append(errs, err)
 		}
-		haveNeigh := make(map[netip.Addr]hwAddr, len(neighs))
+		have = b.scratch(len(t.peers))
 		for _, n := range neighs {
-			if n.state&netlink.NUD_PERMANENT != 0 && n.hasMAC {
-				haveNeigh[n.ip] = n.mac
+			if n.state&netlink.NUD_PERMANENT == 0 || !n.hasMAC {
+				continue
+			}
+			if p := t.lookupIP(n.ip); p != nil && n.ip == p.subnet.Addr() && n.mac == p.mac {
+				have[p.index] = true
 			}
 		}
 		for _, p := range t.peers {
-			if p.direct {
-				continue
-			}
-			if m, ok := haveNeigh[p.subnet.Addr()]; ok && m == p.mac {
+			if p.direct || have[p.index] {
 				continue
 			}
 			bt.setNeigh(idx, p.subnet.Addr(), p.mac, netlink.NUD_PERMANENT)
@@ -134,7 +151,8 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 	// Routes: adds and removals (package routes adds before it removes).
 	underlay := b.host.Iface.Index
 	network := b.host.Network.Network
-	var want []routes.Route
+	want := b.want[:0]
+	defer func() { b.want = want[:0] }()
 	if !static {
 		want = append(want, routes.Route{Dst: network, LinkIndex: idx})
 	}
@@ -173,8 +191,9 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 	// for b.idle: the FDB entry's "used" time is refreshed by every
 	// transmitted frame (the neighbour's is not a usable signal: answering
 	// the kernel's probes refreshes it).
-	idle := map[hwAddr]bool{}
+	var idle map[hwAddr]bool
 	if !static {
+		idle = map[hwAddr]bool{}
 		for _, f := range fdbs {
 			if f.state&netlink.NUD_PERMANENT == 0 && f.hasMAC && time.Duration(f.used)*time.Second/userHZ > b.idle {
 				idle[f.mac] = true
@@ -273,48 +292,58 @@ type routeSync struct {
 // Weft did not make are left to package routes.
 func (b *Backend) syncRoutes(bt *batcher, want []routes.Route, owned func(routes.Route) bool) (routeSync, error) {
 	var rs routeSync
-	cur, err := bt.listMainRoutes()
-	if err != nil {
+	if b.routeDump.one == nil {
+		b.routeDump = routeDump{one: map[netip.Prefix]kroute{}, more: map[netip.Prefix][]kroute{}}
+	}
+	cur := &b.routeDump
+	if err := bt.listMainRoutes(cur); err != nil {
 		return rs, fmt.Errorf("list routes: %w", err)
 	}
-	wanted := make(map[netip.Prefix]bool, len(want))
+	if b.wanted == nil {
+		b.wanted = map[netip.Prefix]bool{}
+	}
+	wanted := b.wanted
+	clear(wanted)
 	for _, r := range want {
 		wanted[r.Dst] = true
-		var weft []kroute
-		foreign := false
-		for _, k := range cur[r.Dst] {
+		first, ok := cur.one[r.Dst]
+		if !ok {
+			bt.addRoute(r, routeMetric(r.Dst))
+			rs.added++
+			continue
+		}
+		foreign, weft := false, 0
+		cur.each(r.Dst, func(k kroute) {
 			if k.proto == uint8(routes.Protocol) {
-				weft = append(weft, k)
+				weft++
 			} else {
 				foreign = true
 			}
-		}
+		})
 		if foreign {
 			rs.conflicts = true
 			continue
 		}
-		if len(weft) == 1 && weft[0].gw == r.Gw && weft[0].oif == r.LinkIndex && weft[0].onlink == r.OnLink {
+		if weft == 1 && first.gw == r.Gw && first.oif == r.LinkIndex && first.onlink == r.OnLink {
 			continue
 		}
-		for _, k := range weft {
-			bt.delRoute(r.Dst, k.metric)
-		}
+		cur.each(r.Dst, func(k kroute) { bt.delRoute(r.Dst, k.metric) })
 		bt.addRoute(r, routeMetric(r.Dst))
 		rs.added++
 	}
 	if err := bt.done(); err != nil {
 		return rs, err
 	}
-	for dst, ks := range cur {
+	for dst := range cur.one {
 		if wanted[dst] {
 			continue
 		}
-		for _, k := range ks {
+		cur.each(dst, func(k kroute) {
 			if k.proto == uint8(routes.Protocol) && k.oif >= 0 && owned(routes.Route{Dst: dst, Gw: k.gw, LinkIndex: k.oif, OnLink: k.onlink}) {
 				bt.delRoute(dst, k.metric)
 				rs.removed++
 			}
-		}
+		})
 	}
 	return rs, ignoreMissing(bt.done())
 }
