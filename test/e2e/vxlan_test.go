@@ -639,6 +639,27 @@ func TestFlannelInterop(t *testing.T) {
 		t.Fatalf("Weft and flannel hosts: %v\nflanneld log:\n%s", err, log[max(0, len(log)-2000):])
 	}
 	t.Logf("2 Weft hosts + 1 flannel host: %d pods reach each other", len(m))
+	// flanneld programmed host 3 (its routes are not Weft's), and host 1
+	// resolves host 3's overlay address to flannel's VtepMAC.
+	h3nl := nlHandle(t, l, 3)
+	fr, err := h3nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: &net.IPNet{IP: subnetOf(t, l, 1).Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}}, netlink.RT_FILTER_DST)
+	h3nl.Close()
+	if err != nil || len(fr) != 1 || fr[0].Protocol == 87 {
+		t.Errorf("h3 (flannel) route to h1's subnet: %v %v, want one route made by flanneld", fr, err)
+	}
+	h1nl := nlHandle(t, l, 1)
+	link1, _ := h1nl.LinkByName("flannel.1")
+	ns1, _ := h1nl.NeighList(link1.Attrs().Index, unix.AF_INET)
+	h1nl.Close()
+	found := false
+	for _, n := range ns1 {
+		if n.IP.Equal(sub3.Addr().AsSlice()) && n.HardwareAddr.String() == flannelMAC {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("h1 (Weft) has no neighbour %s -> flannel's VtepMAC %s: %v", sub3.Addr(), flannelMAC, ns1)
+	}
 
 	// Migration of host 3 from flannel to Weft.
 	stopFlannel()
