@@ -156,7 +156,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // loop reconciles until ctx is done, re-acquiring the lease if it is lost.
 func (a *Agent) loop(ctx context.Context, network *config.Network, be backend.Backend, own lease.Lease, attrs lease.Attrs) error {
-	leases := make(chan []lease.Lease, 1)
+	leases := store.NewLeaseSet()
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go a.store.WatchLeases(wctx, leases)
@@ -166,15 +166,19 @@ func (a *Agent) loop(ctx context.Context, network *config.Network, be backend.Ba
 
 	tick := time.NewTicker(a.cfg.ResyncPeriod)
 	defer tick.Stop()
-	var current []lease.Lease
+	// current is the latest snapshot of all leases; peers is derived from it
+	// and our subnet, anew (nil) only when either changes, so that a resync
+	// of an unchanged cluster allocates nothing here.
+	var current, peers []lease.Lease
 	haveLeases := false
 	for {
 		select {
 		case <-ctx.Done():
 			a.log.Info("stopping; the datapath and the lease stay in place", "subnet", own.Subnet)
 			return nil
-		case current = <-leases:
-			haveLeases = true
+		case <-leases.Changed():
+			current, haveLeases = leases.Leases()
+			peers = nil
 			if gone := ownMissing(current, own); gone != "" {
 				a.log.Warn("our lease changed in etcd; acquiring again", "subnet", own.Subnet, "reason", gone)
 				next, err := a.reacquire(ctx, network, attrs, own)
@@ -192,14 +196,29 @@ func (a *Agent) loop(ctx context.Context, network *config.Network, be backend.Ba
 			}
 			keep.stop()
 			keep, own = a.keepAlive(ctx, next), next
+			peers = nil
 			continue
 		case <-tick.C:
 		}
 		if !haveLeases {
 			continue
 		}
-		a.reconcile(ctx, network, be, own, current)
+		if peers == nil {
+			peers = peersExcept(current, own.Subnet)
+		}
+		a.reconcile(ctx, network, be, own, peers)
 	}
+}
+
+// peersExcept returns every lease but the one of subnet own, in a new slice.
+func peersExcept(all []lease.Lease, own netip.Prefix) []lease.Lease {
+	peers := make([]lease.Lease, 0, len(all))
+	for _, l := range all {
+		if l.Subnet != own {
+			peers = append(peers, l)
+		}
+	}
+	return peers
 }
 
 // renewal is a running renewal of one lease.
@@ -213,15 +232,9 @@ func (a *Agent) keepAlive(ctx context.Context, l lease.Lease) renewal {
 	return renewal{lost: a.store.KeepAlive(kctx, l), stop: cancel}
 }
 
-// reconcile brings the datapath (and masquerade rules) in line with the
-// current leases.
-func (a *Agent) reconcile(ctx context.Context, network *config.Network, be backend.Backend, own lease.Lease, all []lease.Lease) {
-	peers := make([]lease.Lease, 0, len(all))
-	for _, l := range all {
-		if l.Subnet != own.Subnet {
-			peers = append(peers, l)
-		}
-	}
+// reconcile brings the datapath (and masquerade rules) in line with peers,
+// every lease but our own.
+func (a *Agent) reconcile(ctx context.Context, network *config.Network, be backend.Backend, own lease.Lease, peers []lease.Lease) {
 	start := time.Now()
 	err := be.Reconcile(ctx, peers)
 	a.metrics.reconciles.Add(1)

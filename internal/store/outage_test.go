@@ -25,11 +25,11 @@ func TestWatchSurvivesEtcdOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newStore(t, cfg.ClientURLs[0])
-	out := make(chan []lease.Lease, 1)
+	set := NewLeaseSet()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go s.WatchLeases(wctx, out)
-	<-out
+	go s.WatchLeases(wctx, set)
+	<-set.Changed()
 
 	t0 := time.Now()
 	srv.Close()
@@ -50,8 +50,8 @@ func TestWatchSurvivesEtcdOutage(t *testing.T) {
 	}
 	for {
 		select {
-		case got := <-out:
-			if len(got) == 1 {
+		case <-set.Changed():
+			if got, _ := set.Leases(); len(got) == 1 {
 				t.Logf("lease written after a %v etcd outage seen %v after the write", outage, time.Since(written).Round(time.Millisecond))
 				return
 			}

@@ -250,19 +250,16 @@ func TestWatchLeases(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	out := make(chan []lease.Lease, 1)
+	set := NewLeaseSet()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go s.WatchLeases(wctx, out)
-	if got := <-out; len(got) != 0 {
-		t.Fatalf("initial snapshot %v", got)
-	}
+	go s.WatchLeases(wctx, set)
 	waitFor := func(want int) []lease.Lease {
 		t.Helper()
 		for {
 			select {
-			case got := <-out:
-				if len(got) == want {
+			case <-set.Changed():
+				if got, loaded := set.Leases(); loaded && len(got) == want {
 					return got
 				}
 			case <-time.After(10 * time.Second):
@@ -270,6 +267,7 @@ func TestWatchLeases(t *testing.T) {
 			}
 		}
 	}
+	waitFor(0)
 	var ls []lease.Lease
 	for i := range 5 {
 		ls = append(ls, lease.Lease{Subnet: netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", 10+i)), Attrs: host(i)})

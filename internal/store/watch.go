@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/weft-net/weft/internal/lease"
@@ -10,17 +11,59 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// WatchLeases keeps the set of leases current and sends it to out after the
-// initial load and after every batch of changes, until ctx is done. out
-// should have a buffer of one: a snapshot not yet taken is replaced by the
-// newer one, so a slow consumer always gets the latest state and never a
-// backlog. It uses one prefix watch; after a compaction or an error it
-// reloads everything (with backoff on errors). Leases that do not parse are
-// skipped with a warning naming their key.
-func (s *Store) WatchLeases(ctx context.Context, out chan []lease.Lease) {
+// LeaseSet is the current set of leases, kept up to date by
+// [Store.WatchLeases]. Changes are coalesced: [LeaseSet.Changed] signals
+// that something changed since the last [LeaseSet.Leases], however many
+// watch events that was, so a burst of events costs the consumer one
+// snapshot, not one per event.
+type LeaseSet struct {
+	mu      sync.Mutex
+	cur     map[string]lease.Lease
+	loaded  bool
+	changed chan struct{}
+}
+
+// NewLeaseSet returns an empty set that has not been loaded yet.
+func NewLeaseSet() *LeaseSet {
+	return &LeaseSet{cur: map[string]lease.Lease{}, changed: make(chan struct{}, 1)}
+}
+
+// Changed receives a value after every change (coalesced) and after the
+// first load.
+func (w *LeaseSet) Changed() <-chan struct{} { return w.changed }
+
+// Leases returns a snapshot of the set (a new slice the caller owns), and
+// whether the set has been loaded from etcd at least once.
+func (w *LeaseSet) Leases() ([]lease.Lease, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]lease.Lease, 0, len(w.cur))
+	for _, l := range w.cur {
+		out = append(out, l)
+	}
+	return out, w.loaded
+}
+
+// update applies fn to the set under the lock and signals the change.
+func (w *LeaseSet) update(fn func(cur map[string]lease.Lease) map[string]lease.Lease) {
+	w.mu.Lock()
+	w.cur = fn(w.cur)
+	w.loaded = true
+	w.mu.Unlock()
+	select {
+	case w.changed <- struct{}{}:
+	default: // a signal is already pending
+	}
+}
+
+// WatchLeases keeps set equal to the leases in etcd until ctx is done. It
+// loads every lease, then follows one prefix watch; after a compaction or
+// an error it reloads everything (with backoff on errors). Leases that do
+// not parse are left out with a warning naming their key.
+func (s *Store) WatchLeases(ctx context.Context, set *LeaseSet) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := s.watchOnce(ctx, out)
+		err := s.watchOnce(ctx, set)
 		if ctx.Err() != nil {
 			return
 		}
@@ -40,16 +83,16 @@ func (s *Store) WatchLeases(ctx context.Context, out chan []lease.Lease) {
 var errWatchCompacted = errors.New("watch revision compacted")
 
 // watchOnce loads all leases, then follows changes until the watch fails.
-func (s *Store) watchOnce(ctx context.Context, out chan []lease.Lease) error {
+func (s *Store) watchOnce(ctx context.Context, set *LeaseSet) error {
 	resp, err := s.cli.Get(ctx, s.SubnetsPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return err
 	}
-	cur := make(map[string]lease.Lease, len(resp.Kvs))
+	fresh := make(map[string]lease.Lease, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		s.apply(cur, string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
+		s.apply(fresh, string(kv.Key), kv.Value, kv.Lease, kv.ModRevision)
 	}
-	send(out, snapshotOf(cur))
+	set.update(func(map[string]lease.Lease) map[string]lease.Lease { return fresh })
 
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
@@ -64,15 +107,17 @@ func (s *Store) watchOnce(ctx context.Context, out chan []lease.Lease) error {
 		if len(wr.Events) == 0 {
 			continue
 		}
-		for _, ev := range wr.Events {
-			key := string(ev.Kv.Key)
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(cur, key)
-				continue
+		set.update(func(cur map[string]lease.Lease) map[string]lease.Lease {
+			for _, ev := range wr.Events {
+				key := string(ev.Kv.Key)
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(cur, key)
+					continue
+				}
+				s.apply(cur, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
 			}
-			s.apply(cur, key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
-		}
-		send(out, snapshotOf(cur))
+			return cur
+		})
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -91,27 +136,4 @@ func (s *Store) apply(cur map[string]lease.Lease, key string, value []byte, etcd
 	}
 	l.EtcdLease, l.ModRevision = etcdLease, rev
 	cur[key] = l
-}
-
-func snapshotOf(cur map[string]lease.Lease) []lease.Lease {
-	out := make([]lease.Lease, 0, len(cur))
-	for _, l := range cur {
-		out = append(out, l)
-	}
-	return out
-}
-
-// send replaces whatever snapshot is still waiting in out with snap.
-func send(out chan []lease.Lease, snap []lease.Lease) {
-	for {
-		select {
-		case out <- snap:
-			return
-		default:
-		}
-		select {
-		case <-out:
-		default:
-		}
-	}
 }
