@@ -53,9 +53,18 @@ func TestSync(t *testing.T) {
 	rs, _ := nl.RouteList(nil, unix.AF_INET)
 	got := map[string]string{}
 	for _, r := range rs {
-		if r.Dst != nil && r.Protocol == Protocol {
-			got[r.Dst.String()] = r.Gw.String()
+		if r.Dst == nil || !netip.MustParsePrefix("10.99.0.0/16").Contains(netip.MustParseAddr(r.Dst.IP.String())) {
+			continue
 		}
+		if r.Protocol != Protocol {
+			t.Errorf("route %s not Weft's left in place (the identical one should have been taken over)", r.Dst)
+			continue
+		}
+		dst := netip.MustParsePrefix(r.Dst.String())
+		if uint32(r.Priority) != Metric(dst) {
+			t.Errorf("route %s has metric %d, want %d", dst, r.Priority, Metric(dst))
+		}
+		got[r.Dst.String()] = r.Gw.String()
 	}
 	if len(got) != 2 || got["10.99.2.0/24"] != "198.18.3.4" || got["10.99.1.0/24"] != "198.18.3.2" {
 		t.Fatalf("routes: %v", got)

@@ -74,7 +74,7 @@
 // Writes go out in batches: hundreds of netlink requests per sendmsg on one
 // socket, then one pass over the acknowledgements, instead of a request and
 // a reply per entry. Routes are written with a metric derived from the
-// destination (see routeMetric): the kernel's next-hop hash ignores
+// destination (see routes.Metric): the kernel's next-hop hash ignores
 // gateways, so thousands of routes with distinct gateways on one device
 // otherwise share a hash chain and each insert walks it. A route that must
 // change is removed and added again in the same batch (a replace would keep

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 
 	"github.com/vishvananda/netns"
@@ -281,20 +280,4 @@ func (b *batcher) delRoute(dst netip.Prefix, metric uint32) {
 	b.buf = attr(b.buf, unix.RTA_DST, a[:])
 	b.buf = attr(b.buf, unix.RTA_PRIORITY, u32(metric))
 	b.end(s)
-}
-
-// routeMetric spreads Weft's gateway routes over many metrics. The kernel
-// hashes a route's next-hop information (fib_info) by protocol, scope,
-// preferred source, metric and device, but not by gateway: thousands of
-// routes through one device with distinct gateways share one hash chain and
-// every insert walks it (5000 peers: 80 µs a route instead of 12). The
-// metric is the one free key; it is derived from the destination, so it is
-// stable, and it changes nothing for lookups (Weft's destinations never
-// overlap each other).
-func routeMetric(dst netip.Prefix) uint32 {
-	h := fnv.New32a()
-	a := dst.Addr().As4()
-	h.Write(a[:])
-	h.Write([]byte{byte(dst.Bits())})
-	return 1 + h.Sum32()%4093
 }

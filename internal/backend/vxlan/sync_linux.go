@@ -170,7 +170,7 @@ func (b *Backend) syncEntries(idx int, t *peerTable, own netip.Prefix) (syncStat
 		}
 		return r.LinkIndex == idx || (underlay != 0 && r.LinkIndex == underlay)
 	}
-	// Routes are written in batches with a spread metric (see routeMetric):
+	// Routes are written in batches with a spread metric (see routes.Metric):
 	// new and changed ones first, then Weft's routes nobody wants any more.
 	// Package routes is the fallback for what this fast path leaves alone:
 	// destinations also routed by someone else, and failures.
@@ -308,7 +308,7 @@ func (b *Backend) syncRoutes(bt *batcher, want []routes.Route, owned func(routes
 		wanted[r.Dst] = true
 		first, ok := cur.one[r.Dst]
 		if !ok {
-			bt.addRoute(r, routeMetric(r.Dst))
+			bt.addRoute(r, routes.Metric(r.Dst))
 			rs.added++
 			continue
 		}
@@ -328,7 +328,7 @@ func (b *Backend) syncRoutes(bt *batcher, want []routes.Route, owned func(routes
 			continue
 		}
 		cur.each(r.Dst, func(k kroute) { bt.delRoute(r.Dst, k.metric) })
-		bt.addRoute(r, routeMetric(r.Dst))
+		bt.addRoute(r, routes.Metric(r.Dst))
 		rs.added++
 	}
 	if err := bt.done(); err != nil {
