@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netnsutil"
 	"github.com/weft-net/weft/internal/routes"
 )
 
@@ -269,7 +270,7 @@ func TestSegmentationOffloadRestored(t *testing.T) {
 	h := l.addHost("br0", netip.MustParsePrefix("198.18.0.11/24"), netip.Addr{})
 	l.start(h, "")
 	feature := func(name string) (on bool) {
-		err := inNS(h.nsh, func() error {
+		err := netnsutil.Do(h.nsh, func() error {
 			e, err := ethtool.NewEthtool()
 			if err != nil {
 				return err
@@ -287,7 +288,7 @@ func TestSegmentationOffloadRestored(t *testing.T) {
 	if !feature("tx-tcp-segmentation") || !feature(txCsumFeature) {
 		t.Fatal("a new device lacks TSO or checksum offload")
 	}
-	if err := inNS(h.nsh, func() error {
+	if err := netnsutil.Do(h.nsh, func() error {
 		e, err := ethtool.NewEthtool()
 		if err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/netnsutil"
 	"github.com/weft-net/weft/internal/routes"
 )
 
@@ -40,7 +41,7 @@ func newBatcher(ns netns.NsHandle, rcv []byte) (*batcher, error) {
 		rcv = make([]byte, 256<<10)
 	}
 	b := &batcher{what: map[uint32]reqDesc{}, rcv: rcv, maxSize: batchBytes}
-	err := inNS(ns, func() error {
+	err := netnsutil.Do(ns, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 		if err != nil {
 			return fmt.Errorf("netlink socket: %w", err)

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/safchain/ethtool"
+	"github.com/weft-net/weft/internal/netnsutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,7 +72,7 @@ func (b *Backend) ensureChecksumOffload() error {
 	}
 	want, why := checksumDecision(b.s.csum, major, minor, release)
 	var have, changed bool
-	err = inNS(b.host.NetNS, func() error {
+	err = netnsutil.Do(b.host.NetNS, func() error {
 		e, err := ethtool.NewEthtool()
 		if err != nil {
 			return fmt.Errorf("ethtool socket: %w", err)
@@ -115,7 +116,7 @@ var segmentationFeatures = []struct{ dev, feature string }{
 // if someone turned it off (it is what makes the tunnel fast), and warns
 // when the underlay device cannot segment tunnelled packets.
 func (b *Backend) checkSegmentation() {
-	_ = inNS(b.host.NetNS, func() error {
+	_ = netnsutil.Do(b.host.NetNS, func() error {
 		e, err := ethtool.NewEthtool()
 		if err != nil {
 			return err

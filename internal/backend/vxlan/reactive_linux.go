@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/weft-net/weft/internal/netnsutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,7 +27,7 @@ var neighSysctls = [][2]string{
 // ensureNeighSysctls writes neighSysctls for the device in the host's
 // namespace (procfs resolves /proc/sys/net in the opener's namespace).
 func (b *Backend) ensureNeighSysctls() error {
-	return inNS(b.host.NetNS, func() error {
+	return netnsutil.Do(b.host.NetNS, func() error {
 		dir := filepath.Join("/proc/sys/net/ipv4/neigh", b.s.device)
 		for _, kv := range neighSysctls {
 			p := filepath.Join(dir, kv[0])
