@@ -19,7 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -455,12 +455,37 @@ func iperfGbps(t testing.TB, ns, dst string, port int, d time.Duration, extra ..
 	}
 }
 
-// median returns the median of xs (which it sorts).
+// median returns the median of xs (left unchanged).
 func median(xs []float64) float64 {
-	sort.Float64s(xs)
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
 	n := len(xs)
 	if n%2 == 1 {
 		return xs[n/2]
 	}
 	return (xs[n/2-1] + xs[n/2]) / 2
+}
+
+// benchLab is upLab for benchmarks.
+func benchLab(b *testing.B, spec lab.Spec) *lab.Lab {
+	b.Helper()
+	requireRoot(b)
+	if bin.err != nil {
+		b.Fatalf("building the commands failed: %v", bin.err)
+	}
+	spec.Name = labName()
+	spec.Weftd, spec.Weftctl = bin.weftd, bin.weftctl
+	spec.ReadyTimeout = 60 * time.Second
+	b.Cleanup(func() {
+		if err := lab.Down(spec.Name); err != nil {
+			b.Errorf("lab down %s: %v", spec.Name, err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*spec.ReadyTimeout)
+	defer cancel()
+	l, err := lab.Up(ctx, spec)
+	if err != nil {
+		b.Fatalf("lab up %s: %v", spec.Name, err)
+	}
+	return l
 }

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -333,12 +332,6 @@ func systemBusy(t testing.TB) float64 {
 	return busy / 100 // USER_HZ
 }
 
-func medianOf(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 // BenchmarkUDPThroughput measures, in one lab and one run, a TCP stream
 // between two hosts over the underlay and between their pods over the udp
 // backend (iperf3, median of 3 runs each), the two weftd processes' CPU
@@ -384,7 +377,7 @@ func BenchmarkUDPThroughput(b *testing.B) {
 			over = append(over, g)
 			cpu = append(cpu, (c1-c0)/float64(secs)/g)
 		}
-		mu, mo := medianOf(under), medianOf(over)
+		mu, mo := median(under), median(over)
 		var pairs []float64
 		for i := range over {
 			pairs = append(pairs, over[i]/under[i])
@@ -395,10 +388,10 @@ func BenchmarkUDPThroughput(b *testing.B) {
 		// Each overlay stream runs right after its underlay stream: under a
 		// changing load, the median of the pairs' ratios is the steadier
 		// figure.
-		b.ReportMetric(medianOf(pairs), "pair-ratio")
-		b.ReportMetric(medianOf(cpu), "weftd-cores/Gbit/s")
-		b.ReportMetric(medianOf(sys), "machine-cores/Gbit/s")
-		b.ReportMetric(medianOf(sysUnder), "underlay-machine-cores/Gbit/s")
+		b.ReportMetric(median(pairs), "pair-ratio")
+		b.ReportMetric(median(cpu), "weftd-cores/Gbit/s")
+		b.ReportMetric(median(sys), "machine-cores/Gbit/s")
+		b.ReportMetric(median(sysUnder), "underlay-machine-cores/Gbit/s")
 		b.Logf("backend %s: underlay %s Gbit/s; pod to pod %s Gbit/s; both weftd, cores per Gbit/s %s; machine, cores per Gbit/s: pod to pod %s, underlay %s",
 			be, fmtGbps(under), fmtGbps(over), fmtGbps(cpu), fmtGbps(sys), fmtGbps(sysUnder))
 	}
@@ -410,30 +403,6 @@ func fmtGbps(xs []float64) string {
 		s = append(s, strconv.FormatFloat(x, 'f', 3, 64))
 	}
 	return "[" + strings.Join(s, " ") + "]"
-}
-
-// benchLab is upLab for benchmarks.
-func benchLab(b *testing.B, spec lab.Spec) *lab.Lab {
-	b.Helper()
-	requireRoot(b)
-	if bin.err != nil {
-		b.Fatalf("building the commands failed: %v", bin.err)
-	}
-	spec.Name = labName()
-	spec.Weftd, spec.Weftctl = bin.weftd, bin.weftctl
-	spec.ReadyTimeout = 60 * time.Second
-	b.Cleanup(func() {
-		if err := lab.Down(spec.Name); err != nil {
-			b.Errorf("lab down %s: %v", spec.Name, err)
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*spec.ReadyTimeout)
-	defer cancel()
-	l, err := lab.Up(ctx, spec)
-	if err != nil {
-		b.Fatalf("lab up %s: %v", spec.Name, err)
-	}
-	return l
 }
 
 // TestUDPFlannelInterop: three hosts on the udp backend, one of which runs
