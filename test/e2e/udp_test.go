@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -432,29 +431,8 @@ func TestUDPFlannelInterop(t *testing.T) {
 		}
 	}
 	h.Close()
-	logf, err := os.Create(filepath.Join(t.TempDir(), "flanneld.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	fl := exec.Command("ip", "netns", "exec", h3.Netns, bin,
-		"-etcd-endpoints", lab.EtcdURL, "-iface", "eth0",
-		"-subnet-file", filepath.Join(t.TempDir(), "subnet.env"), "-healthz-port", "0")
-	fl.Stdout, fl.Stderr = logf, logf
-	if err := fl.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopFlannel := func() {
-		if fl.ProcessState == nil {
-			_ = fl.Process.Signal(syscall.SIGTERM)
-			_ = fl.Wait()
-		}
-	}
+	stopFlannel, flannelLog := startFlanneld(t, bin, h3.Netns)
 	defer stopFlannel()
-	flannelLog := func() string {
-		b, _ := os.ReadFile(logf.Name())
-		return string(b[max(0, len(b)-2000):])
-	}
 	eventually(t, 30*time.Second, "flanneld brings flannel0 up on h3", func() bool {
 		h := nlHandle(t, l, 3)
 		defer h.Close()

@@ -566,6 +566,36 @@ func nlHandleB(b *testing.B, l *lab.Lab, i int) *netlink.Handle {
 
 // flanneld returns the flanneld binary for interop tests ($WEFT_FLANNELD or
 // flanneld on $PATH), skipping the test without one.
+// startFlanneld runs flanneld (bin) against the lab's etcd inside the host
+// namespace ns. It returns a function that stops it (safe to call twice)
+// and one that returns the end of its log.
+func startFlanneld(t *testing.T, bin, ns string) (stop func(), logTail func() string) {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "flanneld.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	fl := exec.Command("ip", "netns", "exec", ns, bin,
+		"-etcd-endpoints", lab.EtcdURL, "-iface", "eth0",
+		"-subnet-file", filepath.Join(t.TempDir(), "subnet.env"), "-healthz-port", "0")
+	fl.Stdout, fl.Stderr = logf, logf
+	if err := fl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop = func() {
+		if fl.ProcessState == nil {
+			_ = fl.Process.Signal(syscall.SIGTERM)
+			_ = fl.Wait()
+		}
+	}
+	logTail = func() string {
+		b, _ := os.ReadFile(logf.Name())
+		return string(b[max(0, len(b)-2000):])
+	}
+	return stop, logTail
+}
+
 func flanneld(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("WEFT_FLANNELD"); p != "" {
@@ -603,24 +633,7 @@ func TestFlannelInterop(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(h3.StateDir, "vxlan")); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(t.TempDir(), "flanneld.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	fl := exec.Command("ip", "netns", "exec", h3.Netns, bin,
-		"-etcd-endpoints", lab.EtcdURL, "-iface", "eth0",
-		"-subnet-file", filepath.Join(t.TempDir(), "subnet.env"), "-healthz-port", "0")
-	fl.Stdout, fl.Stderr = logf, logf
-	if err := fl.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopFlannel := func() {
-		if fl.ProcessState == nil {
-			_ = fl.Process.Signal(syscall.SIGTERM)
-			_ = fl.Wait()
-		}
-	}
+	stopFlannel, flannelLog := startFlanneld(t, bin, h3.Netns)
 	defer stopFlannel()
 	var flannelMAC string
 	eventually(t, 30*time.Second, "flanneld publishes its own VtepMAC for h3's subnet", func() bool {
@@ -635,8 +648,7 @@ func TestFlannelInterop(t *testing.T) {
 	})
 	m, err := reachAll(ctx, l)
 	if err != nil {
-		log, _ := os.ReadFile(logf.Name())
-		t.Fatalf("Weft and flannel hosts: %v\nflanneld log:\n%s", err, log[max(0, len(log)-2000):])
+		t.Fatalf("Weft and flannel hosts: %v\nflanneld log:\n%s", err, flannelLog())
 	}
 	t.Logf("2 Weft hosts + 1 flannel host: %d pods reach each other", len(m))
 	// flanneld programmed host 3 (its routes are not Weft's), and host 1
