@@ -812,3 +812,63 @@ func TestVXLANReactiveHoldsOnlyUsedPeers(t *testing.T) {
 		t.Errorf("no FDB entry for host 2 after the ping: %v", fs)
 	}
 }
+
+// fastPathPorts returns, for host i, how many veths are on cni0 and how
+// many of them carry Weft's fast path filter.
+func fastPathPorts(t *testing.T, l *lab.Lab, i int) (ports, attached int) {
+	t.Helper()
+	h := nlHandle(t, l, i)
+	defer h.Close()
+	br, err := h.LinkByName("cni0")
+	if err != nil {
+		return 0, 0
+	}
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, link := range links {
+		if link.Attrs().MasterIndex != br.Attrs().Index || link.Type() != "veth" {
+			continue
+		}
+		ports++
+		fs, _ := h.FilterList(link, netlink.HANDLE_MIN_INGRESS)
+		for _, f := range fs {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == "weft_fastpath" && bf.DirectAction {
+				attached++
+			}
+		}
+	}
+	return ports, attached
+}
+
+// TestVXLANFastPath: three hosts, two pods each, weftd with "FastPath":
+// true; every pod veth gets the tc program (by a later Reconcile, since
+// the CNI plugin creates the veths after weftd started) and every pod
+// still reaches every other.
+func TestVXLANFastPath(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 2, Backend: "vxlan", ResyncPeriod: time.Second,
+		BackendConfig: json.RawMessage(`{"Type":"vxlan","FastPath":true}`)})
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 1; i <= 3; i++ {
+		for {
+			ports, attached := fastPathPorts(t, l, i)
+			if ports == 2 && attached == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("h%d: fast path on %d of %d pod veths, want 2 of 2", i, attached, ports)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := l.Reachability(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.All() {
+		t.Fatalf("unreachable with FastPath: %v", m.Missing())
+	}
+}

@@ -49,6 +49,30 @@
 // working, but nobody answers new misses: a flow to a peer this host had no
 // entries for waits until weftd is back (static mode has no such gap).
 //
+// # Fast path ("FastPath": true)
+//
+// Opt-in, static mode only (not with DirectRouting). Reconcile attaches a
+// tc program (23 raw BPF instructions, loaded without a compiler or a BPF
+// library) to the clsact ingress of every veth enslaved to the pod bridge
+// (option Bridge, default "cni0"): an IPv4 packet whose destination lies in
+// the overlay network but outside this host's subnet is handed to the VXLAN
+// device with bpf_redirect_neigh, which resolves it through the route and
+// permanent neighbour static mode already wrote. The packet skips the
+// bridge, IP forwarding and netfilter on its way out, so iptables/nftables
+// rules in the FORWARD path (network policy, counters) no longer see
+// pod-to-remote-pod packets leaving the host; replies still come in through
+// the bridge. Everything else (other traffic, ARP, the host's own pods)
+// goes the normal way. The program holds only constants (overlay prefix,
+// own subnet, device index); it is reloaded and the filters replaced when
+// the device is recreated or weftd restarts. A new pod's veth is found by
+// the next Reconcile (one link dump; a filter list per port). Weft's filter
+// is the one at parent ffff:fff2 with priority and handle 0x5746 named
+// "weft_fastpath"; Weft adds a clsact qdisc where a veth has none, leaves it
+// in place afterwards, and never touches other qdiscs or filters. With
+// FastPath off, the first Reconcile removes Weft's filters of an earlier
+// run. If the kernel refuses the program (no BPF, no CAP_BPF), Weft logs
+// it once and pods use the normal path; Reconcile never fails for it.
+//
 // # What Weft owns
 //
 // Routes are Weft's when they carry protocol 87 and their destination lies in
