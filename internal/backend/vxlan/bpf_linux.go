@@ -111,3 +111,70 @@ func le(b []byte) int32 {
 	copy(x[:], b)
 	return int32(binary.NativeEndian.Uint32(x[:]))
 }
+
+// More opcodes for the map-based program.
+const (
+	opLdImm64       = 0x18 // r_dst = imm64 (two instructions); src 1: a map fd
+	opStxW          = 0x63 // *(u32 *)(r_dst + off) = r_src
+	opStxH          = 0x6b
+	fnMapLookupElem = 1
+	pseudoMapFD     = 1
+)
+
+// ldMapFD returns the two instructions loading map fd into register dst.
+func ldMapFD(dst uint8, fd int) []bpfInsn {
+	return []bpfInsn{insn(opLdImm64, dst, pseudoMapFD, 0, int32(fd)), {}}
+}
+
+// bpfAttrCall runs bpf(cmd, attr).
+func bpfAttrCall(cmd uintptr, attr []byte) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_BPF, cmd, uintptr(unsafe.Pointer(&attr[0])), uintptr(len(attr)))
+	runtime.KeepAlive(attr)
+	if errno != 0 {
+		return 0, errno
+	}
+	return r, nil
+}
+
+// createHashMap creates a BPF hash map and returns its file descriptor.
+func createHashMap(name string, keySize, valueSize, maxEntries int) (int, error) {
+	var attr [64]byte
+	binary.NativeEndian.PutUint32(attr[0:], unix.BPF_MAP_TYPE_HASH)
+	binary.NativeEndian.PutUint32(attr[4:], uint32(keySize))
+	binary.NativeEndian.PutUint32(attr[8:], uint32(valueSize))
+	binary.NativeEndian.PutUint32(attr[12:], uint32(maxEntries))
+	copy(attr[28:28+15], name)
+	fd, err := bpfAttrCall(unix.BPF_MAP_CREATE, attr[:])
+	if err != nil {
+		return -1, fmt.Errorf("BPF_MAP_CREATE %s: %w", name, err)
+	}
+	return int(fd), nil
+}
+
+// mapUpdate sets key to value in the map behind fd.
+func mapUpdate(fd int, key, value []byte) error {
+	var attr [32]byte
+	binary.NativeEndian.PutUint32(attr[0:], uint32(fd))
+	binary.NativeEndian.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&key[0]))))
+	binary.NativeEndian.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&value[0]))))
+	_, err := bpfAttrCall(unix.BPF_MAP_UPDATE_ELEM, attr[:])
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+	if err != nil {
+		return fmt.Errorf("BPF_MAP_UPDATE_ELEM: %w", err)
+	}
+	return nil
+}
+
+// mapDelete removes key from the map behind fd.
+func mapDelete(fd int, key []byte) error {
+	var attr [32]byte
+	binary.NativeEndian.PutUint32(attr[0:], uint32(fd))
+	binary.NativeEndian.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&key[0]))))
+	_, err := bpfAttrCall(unix.BPF_MAP_DELETE_ELEM, attr[:])
+	runtime.KeepAlive(key)
+	if err != nil && err != unix.ENOENT {
+		return fmt.Errorf("BPF_MAP_DELETE_ELEM: %w", err)
+	}
+	return nil
+}

@@ -65,11 +65,20 @@ func fastFilters(t *testing.T, h *host, name string) []*netlink.BpfFilter {
 // frames a's cni0 took in meanwhile (frames the bridge passed up to the
 // host: the normal path's pod-to-remote packets; none on the fast path).
 func bridgeRx(t *testing.T, a *host, addr netip.Addr, n int) uint64 {
+	return bridgeCount(t, a, a, addr, n, false)
+}
+
+// bridgeCount sends n echo requests from a's pod to addr and returns how
+// many frames m's cni0 took in (tx false) or sent (tx true) meanwhile.
+func bridgeCount(t *testing.T, a, m *host, addr netip.Addr, n int, tx bool) uint64 {
 	t.Helper()
 	rx := func() uint64 {
-		l, err := a.handle.LinkByName("cni0")
+		l, err := m.handle.LinkByName("cni0")
 		if err != nil {
 			t.Fatal(err)
+		}
+		if tx {
+			return l.Attrs().Statistics.TxPackets
 		}
 		return l.Attrs().Statistics.RxPackets
 	}
@@ -108,6 +117,24 @@ func TestFastPath(t *testing.T) {
 	if n := bridgeRx(t, h2, h1.podIP, 20); n < 20 {
 		t.Errorf("FastPath off: cni0 took in %d frames during 20 echoes, want at least 20", n)
 	}
+	// The ingress half: once host 1 knows its pod (neighbour and FDB
+	// entries, written by the pings above), the next Reconcile puts it in
+	// the map, and packets from the other host reach the pod without
+	// leaving through cni0.
+	l.reconcileAll()
+	if _, ok := h1.be.fast.pods[h1.podIP.As4()]; !ok {
+		t.Fatalf("host 1 pod map %v lacks its pod %s", h1.be.fast.pods, h1.podIP)
+	}
+	if fs := fastFilters(t, h1, "flannel.1"); len(fs) != 1 || fs[0].Id != h1.be.fast.inID {
+		t.Fatalf("host 1 flannel.1: filters %+v, want the ingress program %d", fs, h1.be.fast.inID)
+	}
+	if n := bridgeCount(t, h2, h1, h1.podIP, 20, true); n >= 5 {
+		t.Errorf("ingress half: host 1's cni0 sent %d frames during 20 echoes from host 2, want (almost) none", n)
+	}
+	if n := bridgeCount(t, h1, h2, h2.podIP, 20, true); n < 20 {
+		t.Errorf("FastPath off: host 2's cni0 sent %d frames during 20 echoes from host 1, want at least 20", n)
+	}
+
 	// Local traffic stays on the bridge: the host's own address answers.
 	waitPing(t, h1, netip.MustParseAddr("10.244.1.1"), 3*time.Second)
 
@@ -168,7 +195,7 @@ func TestFastPath(t *testing.T) {
 	// Turning FastPath off removes Weft's filters and only those.
 	l.start(h1, `{"Type":"vxlan"}`)
 	l.reconcileAll()
-	if fs := fastFilters(t, h1, "veth0"); len(fs) != 0 {
+	if fs := append(fastFilters(t, h1, "veth0"), fastFilters(t, h1, "flannel.1")...); len(fs) != 0 {
 		t.Errorf("FastPath turned off: filters %+v remain", fs)
 	}
 	if all, _ := h1.handle.FilterList(veth, netlink.HANDLE_MIN_INGRESS); len(all) != 1 {

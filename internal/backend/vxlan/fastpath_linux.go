@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -42,6 +43,58 @@ type fastPath struct {
 	swept bool
 	// warned holds the per-veth problems already logged.
 	warned map[string]bool
+
+	// The ingress half: a program on the VXLAN device delivering to local
+	// pods, and the map of pod addresses it reads (see podValue).
+	inLoaded, inOff bool
+	inFd, inID      int
+	mapFd           int
+	// pods mirrors the map's contents.
+	pods map[[4]byte][podValueLen]byte
+}
+
+// podValueLen is the size of a pod map value: the host-side veth's ifindex
+// (u32, host order), the pod's MAC, the bridge's MAC.
+const podValueLen = 16
+
+// progToPods builds the ingress half: an IPv4 packet whose destination is
+// in the pod map gets the pod's MAC as destination and the bridge's as
+// source and is handed to the pod's namespace with bpf_redirect_peer
+// through the host-side veth; everything else goes on as usual.
+func progToPods(mapFd int) []bpfInsn {
+	p := []bpfInsn{
+		insn(opMovX, 6, 1, 0, 0),
+		insn(opLdxW, 7, 6, skbData, 0),
+		insn(opLdxW, 8, 6, skbDataEnd, 0),
+		insn(opMovX, 4, 7, 0, 0),
+		insn(opAddK, 4, 0, 0, 34),
+		insn(opJgtX, 4, 8, 22, 0), // short packet → pass
+		insn(opLdxH, 5, 7, 12, 0),
+		insn(opJneK, 5, 0, 20, 0x0008), // not IPv4 → pass
+		insn(opLdxW, 5, 7, 30, 0),      // destination address
+		insn(opStxW, 10, 5, -4, 0),     // key on the stack
+	}
+	p = append(p, ldMapFD(1, mapFd)...)
+	return append(p,
+		insn(opMovX, 2, 10, 0, 0),
+		insn(opAddK, 2, 0, 0, -4),
+		insn(opCall, 0, 0, 0, fnMapLookupElem),
+		insn(opJeqK, 0, 0, 12, 0), // not a local pod → pass
+		insn(opLdxW, 1, 0, 4, 0),  // pod MAC → Ethernet destination
+		insn(opStxW, 7, 1, 0, 0),
+		insn(opLdxH, 1, 0, 8, 0),
+		insn(opStxH, 7, 1, 4, 0),
+		insn(opLdxH, 1, 0, 10, 0), // bridge MAC → Ethernet source
+		insn(opStxH, 7, 1, 6, 0),
+		insn(opLdxW, 1, 0, 12, 0),
+		insn(opStxW, 7, 1, 8, 0),
+		insn(opLdxW, 1, 0, 0, 0), // host-side veth
+		insn(opMovK, 2, 0, 0, 0),
+		insn(opCall, 0, 0, 0, fnRedirectPeer),
+		insn(opExit, 0, 0, 0, 0),
+		insn(opMovK, 0, 0, 0, 0), // pass: TC_ACT_OK
+		insn(opExit, 0, 0, 0, 0),
+	)
 }
 
 // progToTunnel builds the fast path's program: IPv4 packets whose
@@ -112,19 +165,124 @@ func (b *Backend) reconcileFastPath(tunnel int) {
 		if f.loaded {
 			_ = unix.Close(f.fd)
 		}
-		*f = fastPath{loaded: true, fd: fd, id: id, tunnel: tunnel, own: b.own, warned: f.warned}
+		f.loaded, f.fd, f.id, f.tunnel, f.own = true, fd, id, tunnel, b.own
 		b.log.Info("loaded fast path program", "prog_id", id, "overlay", b.host.Network.Network, "own_subnet", b.own)
 	}
-	ports, err := b.bridgePorts()
+	br, ports, tun, err := b.bridgePorts(tunnel)
 	if err != nil {
 		b.warnOnce("list", "fast path: cannot list links", err)
 		return
 	}
 	for _, l := range ports {
-		if err := b.ensureFastPath(l); err != nil {
+		if err := b.ensureFilter(l, f.fd, f.id); err != nil {
 			b.warnOnce(l.Attrs().Name, "fast path not attached; this pod uses the normal path", err)
 		}
 	}
+	if br == nil || tun == nil || f.inOff {
+		return
+	}
+	if !f.inLoaded {
+		if err := b.loadIngress(); err != nil {
+			f.inOff = true
+			b.log.Warn("fast path: the ingress half is unavailable, packets to local pods use the normal path", "error", err)
+			return
+		}
+	}
+	if err := b.syncPods(br, ports); err != nil {
+		b.warnOnce("pods", "fast path: cannot update the pod map", err)
+	}
+	if err := b.ensureFilter(tun, f.inFd, f.inID); err != nil {
+		b.warnOnce(tun.Attrs().Name, "fast path: ingress half not attached", err)
+	}
+}
+
+// loadIngress creates the pod map and loads the ingress program.
+func (b *Backend) loadIngress() error {
+	f := &b.fast
+	max := 1 << min(32-b.own.Bits(), 16)
+	m, err := createHashMap("weft_pods", 4, podValueLen, max)
+	if err != nil {
+		return err
+	}
+	fd, err := loadProg("weft_topod", progToPods(m))
+	var id int
+	if err == nil {
+		if id, err = progID(fd); err != nil {
+			_ = unix.Close(fd)
+		}
+	}
+	if err != nil {
+		_ = unix.Close(m)
+		return err
+	}
+	f.inLoaded, f.inFd, f.inID, f.mapFd, f.pods = true, fd, id, m, map[[4]byte][podValueLen]byte{}
+	b.log.Info("loaded fast path ingress program", "prog_id", id)
+	return nil
+}
+
+// syncPods makes the pod map hold every local pod the bridge knows: its
+// address and MAC from the bridge's neighbour table, its veth from the
+// bridge's FDB (the port the MAC was learned on).
+func (b *Backend) syncPods(br netlink.Link, ports []netlink.Link) error {
+	f := &b.fast
+	h := b.host.Netlink
+	isPort := make(map[int]bool, len(ports))
+	for _, p := range ports {
+		isPort[p.Attrs().Index] = true
+	}
+	fdb, err := h.NeighList(0, unix.AF_BRIDGE)
+	if err != nil {
+		return fmt.Errorf("list FDB: %w", err)
+	}
+	portOf := map[[6]byte]int{}
+	for _, e := range fdb {
+		if isPort[e.LinkIndex] && e.MasterIndex == br.Attrs().Index && len(e.HardwareAddr) == 6 && e.Flags&netlink.NTF_SELF == 0 {
+			portOf[[6]byte(e.HardwareAddr)] = e.LinkIndex
+		}
+	}
+	neighs, err := h.NeighList(br.Attrs().Index, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("list neighbours of %s: %w", br.Attrs().Name, err)
+	}
+	brMAC := br.Attrs().HardwareAddr
+	want := map[[4]byte][podValueLen]byte{}
+	for _, n := range neighs {
+		ip, ok := netip.AddrFromSlice(n.IP.To4())
+		if !ok || !b.own.Contains(ip) || len(n.HardwareAddr) != 6 || len(brMAC) != 6 ||
+			n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE|netlink.NUD_PERMANENT) == 0 {
+			continue
+		}
+		port, ok := portOf[[6]byte(n.HardwareAddr)]
+		if !ok {
+			continue
+		}
+		var v [podValueLen]byte
+		binary.NativeEndian.PutUint32(v[0:], uint32(port))
+		copy(v[4:], n.HardwareAddr)
+		copy(v[10:], brMAC)
+		want[ip.As4()] = v
+	}
+	var errs []error
+	for k, v := range want {
+		if old, ok := f.pods[k]; ok && old == v {
+			continue
+		}
+		if err := mapUpdate(f.mapFd, k[:], v[:]); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		f.pods[k] = v
+	}
+	for k := range f.pods {
+		if _, ok := want[k]; !ok {
+			if err := mapDelete(f.mapFd, k[:]); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			delete(f.pods, k)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (b *Backend) warnOnce(key, msg string, err error) {
@@ -135,29 +293,31 @@ func (b *Backend) warnOnce(key, msg string, err error) {
 	}
 }
 
-// bridgePorts returns the veths enslaved to the pod bridge (one link dump;
-// none when the bridge does not exist yet).
-func (b *Backend) bridgePorts() ([]netlink.Link, error) {
+// bridgePorts returns, from one link dump, the pod bridge (nil when it
+// does not exist yet), the veths enslaved to it, and the link with index
+// tunnel (nil if absent).
+func (b *Backend) bridgePorts(tunnel int) (br netlink.Link, ports []netlink.Link, tun netlink.Link, err error) {
 	links, err := b.host.Netlink.LinkList()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	br := 0
 	for _, l := range links {
 		if l.Attrs().Name == b.s.bridge && l.Type() == "bridge" {
-			br = l.Attrs().Index
+			br = l
+		}
+		if tunnel != 0 && l.Attrs().Index == tunnel {
+			tun = l
 		}
 	}
-	if br == 0 {
-		return nil, nil
+	if br == nil {
+		return nil, nil, tun, nil
 	}
-	var ports []netlink.Link
 	for _, l := range links {
-		if l.Attrs().MasterIndex == br && l.Type() == "veth" {
+		if l.Attrs().MasterIndex == br.Attrs().Index && l.Type() == "veth" {
 			ports = append(ports, l)
 		}
 	}
-	return ports, nil
+	return br, ports, tun, nil
 }
 
 // isFastPathFilter reports whether f is at Weft's place (priority and
@@ -173,9 +333,9 @@ func isFastPathFilter(f netlink.Filter) (atPlace bool, ours *netlink.BpfFilter) 
 	return true, nil
 }
 
-// ensureFastPath attaches the loaded program to l's ingress unless it is
-// there already.
-func (b *Backend) ensureFastPath(l netlink.Link) error {
+// ensureFilter attaches program fd (id) to l's ingress as Weft's filter
+// unless it is there already.
+func (b *Backend) ensureFilter(l netlink.Link, fd, id int) error {
 	h := b.host.Netlink
 	qs, err := h.QdiscList(l)
 	if err != nil {
@@ -206,14 +366,14 @@ func (b *Backend) ensureFastPath(l netlink.Link) error {
 		if ours == nil {
 			return fmt.Errorf("priority %d handle %#x at ingress holds a filter Weft did not make; leaving it", fastPathPrio, fastPathHandle)
 		}
-		if ours.Id == b.fast.id {
+		if ours.Id == id {
 			return nil
 		}
 		replace = true // an earlier program (weftd restarted, device recreated)
 	}
 	nf := &netlink.BpfFilter{
 		FilterAttrs:  netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS, Handle: fastPathHandle, Protocol: unix.ETH_P_ALL, Priority: fastPathPrio},
-		Fd:           b.fast.fd,
+		Fd:           fd,
 		Name:         fastPathName,
 		DirectAction: true,
 	}
@@ -225,17 +385,20 @@ func (b *Backend) ensureFastPath(l netlink.Link) error {
 	if err != nil {
 		return fmt.Errorf("attach program: %w", err)
 	}
-	b.log.Info("fast path attached", "link", l.Attrs().Name, "prog_id", b.fast.id)
+	b.log.Info("fast path attached", "link", l.Attrs().Name, "prog_id", id)
 	return nil
 }
 
 // sweepFastPath removes Weft's fast path filters from the bridge's veths
 // (left by a run with FastPath on). Qdiscs stay.
 func (b *Backend) sweepFastPath() {
-	ports, err := b.bridgePorts()
+	_, ports, _, err := b.bridgePorts(0)
 	if err != nil {
 		b.log.Debug("fast path sweep: cannot list links", "error", err)
 		return
+	}
+	if tun, err := b.host.Netlink.LinkByName(b.s.device); err == nil {
+		ports = append(ports, tun)
 	}
 	for _, l := range ports {
 		fs, err := b.host.Netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
