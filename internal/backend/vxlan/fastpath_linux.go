@@ -263,6 +263,12 @@ func (b *Backend) syncPods(br netlink.Link, ports []netlink.Link) error {
 		want[ip.As4()] = v
 	}
 	var errs []error
+	changed := 0
+	defer func() {
+		if changed > 0 {
+			b.log.Info("fast path pod map updated", "pods", len(f.pods), "changed", changed)
+		}
+	}()
 	for k, v := range want {
 		if old, ok := f.pods[k]; ok && old == v {
 			continue
@@ -272,6 +278,7 @@ func (b *Backend) syncPods(br netlink.Link, ports []netlink.Link) error {
 			continue
 		}
 		f.pods[k] = v
+		changed++
 	}
 	for k := range f.pods {
 		if _, ok := want[k]; !ok {
@@ -280,6 +287,7 @@ func (b *Backend) syncPods(br netlink.Link, ports []netlink.Link) error {
 				continue
 			}
 			delete(f.pods, k)
+			changed++
 		}
 	}
 	return errors.Join(errs...)

@@ -58,8 +58,11 @@ func BenchmarkKernelPodToPod(b *testing.B) {
 			l.start(h, opts)
 		}
 		l.reconcileAll()
-		if on && h1.be.fast.off {
-			b.Fatal("the kernel refused the fast path program")
+		if on && (h1.be.fast.off || h2.be.fast.inOff) {
+			b.Fatal("the kernel refused the fast path programs")
+		}
+		if _, ok := h2.be.fast.pods[h2.podIP.As4()]; on && !ok {
+			b.Fatal("host 2's pod map lacks its pod: the ingress half would not be measured")
 		}
 	}
 	waitPing(b, h1, h2.podIP, 5*time.Second)
