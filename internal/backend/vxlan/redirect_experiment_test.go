@@ -30,9 +30,10 @@ import (
 //     lands in the pod's namespace directly, skipping forwarding, the
 //     bridge and the veth's backlog.
 //
-// Product use would need the CNI plugin and the backend to agree on pod
-// interfaces (a map from pod address to veth and MAC); here each host has
-// one pod, so the values are constants in the programs.
+// The product version is the backend's FastPath option (fastpath_linux.go),
+// which shares the assembler (bpf_linux.go) and the first program, and
+// replaces the second by one reading a map of local pods; here each host
+// has one pod, so the values are constants in the program.
 
 // progToPod delivers IPv4 packets for pod straight into the pod's
 // namespace through its veth peer, with the pod's MAC as destination.
