@@ -824,3 +824,118 @@ func TestVXLANReactiveHoldsOnlyUsedPeers(t *testing.T) {
 		t.Errorf("no FDB entry for host 2 after the ping: %v", fs)
 	}
 }
+
+// fastPathPorts returns, for host i, how many veths are on cni0 and how
+// many of them carry Weft's fast path filter.
+func fastPathPorts(t *testing.T, l *lab.Lab, i int) (ports, attached int) {
+	t.Helper()
+	h := nlHandle(t, l, i)
+	defer h.Close()
+	br, err := h.LinkByName("cni0")
+	if err != nil {
+		return 0, 0
+	}
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, link := range links {
+		if link.Attrs().MasterIndex != br.Attrs().Index || link.Type() != "veth" {
+			continue
+		}
+		ports++
+		fs, _ := h.FilterList(link, netlink.HANDLE_MIN_INGRESS)
+		for _, f := range fs {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == "weft_fastpath" && bf.DirectAction {
+				attached++
+			}
+		}
+	}
+	return ports, attached
+}
+
+// TestVXLANFastPath: three hosts, two pods each, weftd with "FastPath":
+// true; every pod veth gets the tc program (by a later Reconcile, since
+// the CNI plugin creates the veths after weftd started), flannel.1 gets the
+// ingress program, and every pod still reaches every other (twice: the
+// second time after weftd has put the pods the first pass made known into
+// its pod map).
+func TestVXLANFastPath(t *testing.T) {
+	l := upLab(t, lab.Spec{Hosts: 3, Pods: 2, Backend: "vxlan", ResyncPeriod: time.Second,
+		BackendConfig: json.RawMessage(`{"Type":"vxlan","FastPath":true}`)})
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 1; i <= 3; i++ {
+		for {
+			ports, attached := fastPathPorts(t, l, i)
+			if ports == 2 && attached == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("h%d: fast path on %d of %d pod veths, want 2 of 2", i, attached, ports)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		h := nlHandle(t, l, i)
+		tun, err := h.LinkByName("flannel.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs, _ := h.FilterList(tun, netlink.HANDLE_MIN_INGRESS)
+		h.Close()
+		n := 0
+		for _, f := range fs {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == "weft_fastpath" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("h%d flannel.1: %d fast path filters, want 1", i, n)
+		}
+	}
+	for pass := 1; pass <= 2; pass++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		m, err := l.Reachability(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.All() {
+			t.Fatalf("pass %d: unreachable with FastPath: %v", pass, m.Missing())
+		}
+		if pass == 1 {
+			waitPodMaps(t, l, 3, 2)
+		}
+	}
+}
+
+// waitPodMaps waits until weftd on each of hosts 1..n has logged a fast
+// path pod map holding pods pods.
+func waitPodMaps(t *testing.T, l *lab.Lab, n, pods int) {
+	t.Helper()
+	want := fmt.Sprintf("pods=%d", pods)
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 1; i <= n; i++ {
+		hs, err := l.Host(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			b, _ := os.ReadFile(hs.Log)
+			found := false
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "fast path pod map updated") && strings.Contains(line, want) {
+					found = true
+				}
+			}
+			if found {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("h%d: weftd did not log a pod map with %s", i, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}

@@ -49,6 +49,48 @@
 // working, but nobody answers new misses: a flow to a peer this host had no
 // entries for waits until weftd is back (static mode has no such gap).
 //
+// # Fast path ("FastPath": true)
+//
+// Opt-in, static mode only (not with DirectRouting). Two tc programs of raw
+// BPF instructions (loaded without a compiler or a BPF library) take the
+// pod bridge and IP forwarding out of the path between pods on different
+// hosts:
+//
+//   - Out: on the clsact ingress of every veth enslaved to the pod bridge
+//     (option Bridge, default "cni0"), an IPv4 packet whose destination lies
+//     in the overlay network but outside this host's subnet is handed to
+//     the VXLAN device with bpf_redirect_neigh, which resolves it through
+//     the route and permanent neighbour static mode already wrote. The
+//     program holds only constants (overlay prefix, own subnet, device
+//     index).
+//   - In: on the VXLAN device's clsact ingress (after decapsulation), an
+//     IPv4 packet for a pod in the pod map gets the pod's MAC as
+//     destination and the bridge's as source and goes straight into the
+//     pod's namespace with bpf_redirect_peer. The map (BPF hash, pod
+//     address → host-side veth, pod MAC, bridge MAC) is filled by Reconcile
+//     from the bridge's neighbour table (address → MAC) and FDB (MAC →
+//     port), so a new pod takes the normal path until the host has
+//     resolved it once and the next Reconcile has run.
+//
+// Everything else (ARP, the host's own addresses, traffic between pods on
+// one host, pods the map does not know yet) goes the normal way. Packets on
+// the fast path skip netfilter on this host: FORWARD-chain rules (network
+// policy, counters) no longer see them, and the TTL is not decremented.
+// When a pod is deleted and its address given to a new pod before the next
+// Reconcile, packets for it from other hosts are dropped until that
+// Reconcile (at most one resync period); the map is rebuilt from the
+// kernel's tables every time, so nothing stale outlives it.
+//
+// The programs are reloaded and the filters replaced when the device is
+// recreated or weftd restarts; a new pod's veth is found by the next
+// Reconcile (one link dump; a filter list per port). Weft's filter is the
+// one at parent ffff:fff2 with priority and handle 0x5746 named
+// "weft_fastpath"; Weft adds a clsact qdisc where a link has none, leaves it
+// in place afterwards, and never touches other qdiscs or filters. With
+// FastPath off, the first Reconcile removes Weft's filters of an earlier
+// run. If the kernel refuses a program (no BPF, no CAP_BPF), Weft logs it
+// once and that half uses the normal path; Reconcile never fails for it.
+//
 // # What Weft owns
 //
 // Routes are Weft's when they carry protocol 87 and their destination lies in

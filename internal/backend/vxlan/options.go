@@ -20,6 +20,9 @@ const (
 	// Overhead is what VXLAN encapsulation adds to a packet over IPv4:
 	// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 	Overhead = 50
+	// DefaultBridge is the pod bridge the fast path attaches to when
+	// Bridge is not set (the CNI plugin's bridge).
+	DefaultBridge = "cni0"
 )
 
 // Mode says how peers' entries are programmed.
@@ -43,7 +46,7 @@ const (
 
 // Options are the keys of the network config's Backend object. VNI, Port,
 // GBP, Learning, DirectRouting, MTU and MacPrefix are flannel's; Mode,
-// DeviceName and TxChecksumOffload are Weft's.
+// DeviceName, TxChecksumOffload, FastPath and Bridge are Weft's.
 type Options struct {
 	// VNI is the VXLAN network identifier (default 1).
 	VNI *int
@@ -68,6 +71,14 @@ type Options struct {
 	// TxChecksumOffload is "auto" (default: off only on kernels that
 	// corrupt NATed VXLAN checksums), "on" or "off".
 	TxChecksumOffload string
+	// FastPath attaches a tc eBPF program to every pod veth on Bridge that
+	// sends IPv4 packets for other hosts' pods straight to the VXLAN
+	// device (bpf_redirect_neigh), skipping the bridge, IP forwarding and
+	// netfilter (off by default; static mode without DirectRouting only).
+	FastPath bool
+	// Bridge is the pod bridge whose veths get the fast path (default
+	// "cni0", the CNI plugin's).
+	Bridge string
 }
 
 // settings are the validated options with defaults filled in.
@@ -82,6 +93,8 @@ type settings struct {
 	mode          Mode
 	device        string
 	csum          string
+	fastPath      bool
+	bridge        string
 }
 
 func fieldErr(field, format string, args ...any) error {
@@ -103,6 +116,8 @@ func parseOptions(raw json.RawMessage) (settings, error) {
 		mtu:           o.MTU,
 		mode:          ModeStatic,
 		csum:          csumAuto,
+		fastPath:      o.FastPath,
+		bridge:        DefaultBridge,
 	}
 	if o.VNI != nil {
 		if *o.VNI < 0 || *o.VNI > 1<<24-1 {
@@ -149,6 +164,18 @@ func parseOptions(raw json.RawMessage) (settings, error) {
 		s.csum = c
 	default:
 		return s, fieldErr("TxChecksumOffload", "%q is not one of \"auto\", \"on\", \"off\"", o.TxChecksumOffload)
+	}
+	if o.Bridge != "" {
+		if err := checkIfName(o.Bridge); err != nil {
+			return s, fieldErr("Bridge", "%v", err)
+		}
+		s.bridge = o.Bridge
+	}
+	if s.fastPath && s.mode != ModeStatic {
+		return s, fieldErr("FastPath", "works in static mode only (Mode is %q)", o.Mode)
+	}
+	if s.fastPath && s.directRouting {
+		return s, fieldErr("FastPath", "cannot be combined with DirectRouting (the program sends every remote pod's packets to the VXLAN device)")
 	}
 	return s, nil
 }

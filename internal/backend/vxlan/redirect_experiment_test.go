@@ -2,18 +2,15 @@ package vxlan
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -33,85 +30,15 @@ import (
 //     lands in the pod's namespace directly, skipping forwarding, the
 //     bridge and the veth's backlog.
 //
-// Product use would need the CNI plugin and the backend to agree on pod
-// interfaces (a map from pod address to veth and MAC); here each host has
-// one pod, so the values are constants in the programs.
-
-type bpfInsn struct {
-	code uint8
-	regs uint8 // dst in the low nibble, src in the high
-	off  int16
-	imm  int32
-}
-
-func insn(code uint8, dst, src uint8, off int16, imm int32) bpfInsn {
-	return bpfInsn{code: code, regs: src<<4 | dst, off: off, imm: imm}
-}
-
-const (
-	opMovX   = 0xbf // r_dst = r_src
-	opMovK   = 0xb7 // r_dst = imm
-	opAddK   = 0x07
-	opAndK   = 0x57
-	opRshK   = 0x77
-	opLdxW   = 0x61
-	opLdxH   = 0x69
-	opStW    = 0x62
-	opStH    = 0x6a
-	opJgtX   = 0x2d
-	opJneK   = 0x55
-	opJeqK   = 0x15
-	opJne32K = 0x56
-	opCall   = 0x85
-	opExit   = 0x95
-
-	skbData    = 76 // offsetof(struct __sk_buff, data)
-	skbDataEnd = 80
-
-	fnRedirectNeigh = 152
-	fnRedirectPeer  = 155
-)
-
-// progToTunnel redirects IPv4 packets to 10.244.0.0/16 outside the host's
-// own /24 (third octet own3) to the tunnel device.
-func progToTunnel(own3 uint8, tunnel int) []bpfInsn {
-	return []bpfInsn{
-		insn(opMovX, 6, 1, 0, 0),
-		insn(opLdxW, 2, 6, skbData, 0),
-		insn(opLdxW, 3, 6, skbDataEnd, 0),
-		insn(opMovX, 4, 2, 0, 0),
-		insn(opAddK, 4, 0, 0, 34),
-		insn(opJgtX, 4, 3, 16, 0), // → pass
-		insn(opLdxH, 5, 2, 12, 0),
-		insn(opJneK, 5, 0, 14, 0x0008), // not IPv4 → pass
-		insn(opLdxW, 5, 2, 30, 0),      // destination address
-		insn(opMovX, 7, 5, 0, 0),
-		insn(opAndK, 7, 0, 0, 0xffff),
-		insn(opJneK, 7, 0, 10, 0xf40a), // not 10.244/16 → pass
-		insn(opMovX, 7, 5, 0, 0),
-		insn(opRshK, 7, 0, 0, 16),
-		insn(opAndK, 7, 0, 0, 0xff),
-		insn(opJeqK, 7, 0, 6, int32(own3)), // own subnet → pass
-		insn(opMovK, 1, 0, 0, int32(tunnel)),
-		insn(opMovK, 2, 0, 0, 0),
-		insn(opMovK, 3, 0, 0, 0),
-		insn(opMovK, 4, 0, 0, 0),
-		insn(opCall, 0, 0, 0, fnRedirectNeigh),
-		insn(opExit, 0, 0, 0, 0),
-		insn(opMovK, 0, 0, 0, 0), // pass: TC_ACT_OK
-		insn(opExit, 0, 0, 0, 0),
-	}
-}
+// The product version is the backend's FastPath option (fastpath_linux.go),
+// which shares the assembler (bpf_linux.go) and the first program, and
+// replaces the second by one reading a map of local pods; here each host
+// has one pod, so the values are constants in the program.
 
 // progToPod delivers IPv4 packets for pod straight into the pod's
 // namespace through its veth peer, with the pod's MAC as destination.
 func progToPod(pod netip.Addr, podMAC, gwMAC net.HardwareAddr, veth int) []bpfInsn {
 	a := pod.As4()
-	le := func(b []byte) int32 {
-		var x [4]byte
-		copy(x[:], b)
-		return int32(binary.LittleEndian.Uint32(x[:]))
-	}
 	return []bpfInsn{
 		insn(opMovX, 6, 1, 0, 0),
 		insn(opLdxW, 2, 6, skbData, 0),
@@ -134,37 +61,6 @@ func progToPod(pod netip.Addr, podMAC, gwMAC net.HardwareAddr, veth int) []bpfIn
 		insn(opMovK, 0, 0, 0, 0),
 		insn(opExit, 0, 0, 0, 0),
 	}
-}
-
-// loadProg loads a sched_cls program and returns its file descriptor.
-func loadProg(insns []bpfInsn) (int, error) {
-	license := []byte("GPL\x00")
-	logBuf := make([]byte, 64<<10)
-	var attr [128]byte
-	binary.NativeEndian.PutUint32(attr[0:], unix.BPF_PROG_TYPE_SCHED_CLS)
-	binary.NativeEndian.PutUint32(attr[4:], uint32(len(insns)))
-	binary.NativeEndian.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&insns[0]))))
-	binary.NativeEndian.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
-	binary.NativeEndian.PutUint32(attr[24:], 1)
-	binary.NativeEndian.PutUint32(attr[28:], uint32(len(logBuf)))
-	binary.NativeEndian.PutUint64(attr[32:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
-	copy(attr[48:], "wvx_redirect")
-	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr[0])), uintptr(len(attr)))
-	runtime.KeepAlive(insns)
-	runtime.KeepAlive(license)
-	if errno != 0 {
-		return -1, fmt.Errorf("BPF_PROG_LOAD: %w\n%s", errno, logBuf[:clen(logBuf)])
-	}
-	return int(fd), nil
-}
-
-func clen(b []byte) int {
-	for i, c := range b {
-		if c == 0 {
-			return i
-		}
-	}
-	return len(b)
 }
 
 // attachIngress attaches prog to link's tc ingress (clsact, direct action).
@@ -223,11 +119,11 @@ func BenchmarkKernelPodToPodRedirect(b *testing.B) {
 		}
 		tunl, _ := h.handle.LinkByName("flannel.1")
 		podMAC := podHWAddr(b, h)
-		out, err := loadProg(progToTunnel(byte(h.i), tunl.Attrs().Index))
+		out, err := loadProg("wvx_redirect", progToTunnel(l.netCfg.Network, h.subnet, tunl.Attrs().Index))
 		if err != nil {
 			b.Fatal(err)
 		}
-		in, err := loadProg(progToPod(h.podIP, podMAC, veth.Attrs().HardwareAddr, veth.Attrs().Index))
+		in, err := loadProg("wvx_redirect", progToPod(h.podIP, podMAC, veth.Attrs().HardwareAddr, veth.Attrs().Index))
 		if err != nil {
 			b.Fatal(err)
 		}

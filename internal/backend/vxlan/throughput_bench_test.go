@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -16,13 +17,18 @@ import (
 // between the same hosts, in the same run (iperf3 -A 0,1, 4 s, five pairs
 // back to back, median of the pair ratios). The backend is driven directly
 // (no weftd, no CNI plugin), so this isolates the device and its entries.
-// Run:
+// With WEFT_BENCH_FASTPATH=1 every round also measures the pods with the
+// backend's FastPath on (both hosts restarted with "FastPath": true, then
+// back off), reporting its ratio against the underlay and against the
+// normal path of the same round. Run:
 //
-//	go test -run '^$' -bench KernelPodToPod -benchtime 1x -v ./internal/backend/vxlan
+//	go test -run '^$' -bench 'KernelPodToPod$' -benchtime 1x -v ./internal/backend/vxlan
+//	WEFT_BENCH_FASTPATH=1 go test -run '^$' -bench 'KernelPodToPod$' -benchtime 1x -v ./internal/backend/vxlan
 func BenchmarkKernelPodToPod(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("iperf3 is not installed")
 	}
+	fast := os.Getenv("WEFT_BENCH_FASTPATH") == "1"
 	l := newLab(b, testNet)
 	for i := 1; i <= 2; i++ {
 		l.addHost("br0", netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)}), 24), netip.Addr{})
@@ -43,18 +49,45 @@ func BenchmarkKernelPodToPod(b *testing.B) {
 		}
 		b.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
 	}
+	setFast := func(on bool) {
+		opts := `{"Type":"vxlan"}`
+		if on {
+			opts = `{"Type":"vxlan","FastPath":true}`
+		}
+		for _, h := range l.hosts {
+			l.start(h, opts)
+		}
+		l.reconcileAll()
+		if on && (h1.be.fast.off || h2.be.fast.inOff) {
+			b.Fatal("the kernel refused the fast path programs")
+		}
+		if _, ok := h2.be.fast.pods[h2.podIP.As4()]; on && !ok {
+			b.Fatal("host 2's pod map lacks its pod: the ingress half would not be measured")
+		}
+	}
 	waitPing(b, h1, h2.podIP, 5*time.Second)
 	time.Sleep(300 * time.Millisecond) // iperf3 servers start listening; nothing to poll from here cheaply
 	for i := 0; i < b.N; i++ {
-		var ratios, ul, pod []float64
+		var ratios, fratios, fvsplain, ul, pod, fpod []float64
 		for range 5 {
-			u := iperf(b, h1.ns, h2.public.String())
-			p := iperf(b, h1.pod, h2.podIP.String())
+			u := iperfJ(b, h1.ns, h2.public.String()).gbps
+			p := iperfJ(b, h1.pod, h2.podIP.String()).gbps
 			ul, pod, ratios = append(ul, u), append(pod, p), append(ratios, p/u)
+			if fast {
+				setFast(true)
+				f := iperfJ(b, h1.pod, h2.podIP.String()).gbps
+				setFast(false)
+				fpod, fratios, fvsplain = append(fpod, f), append(fratios, f/u), append(fvsplain, f/p)
+			}
 		}
-		slices.Sort(ratios)
+		med := func(x []float64) float64 { x = slices.Clone(x); slices.Sort(x); return x[len(x)/2] }
 		b.Logf("underlay %.2f, pod %.2f Gbit/s; pair ratios %.3f", ul, pod, ratios)
-		b.ReportMetric(ratios[len(ratios)/2], "ratio")
+		b.ReportMetric(med(ratios), "ratio")
+		if fast {
+			b.Logf("pod with FastPath %.2f Gbit/s; ratios to underlay %.3f; to the normal path %.3f", fpod, fratios, fvsplain)
+			b.ReportMetric(med(fratios), "ratio-fastpath")
+			b.ReportMetric(med(fvsplain), "fastpath/normal")
+		}
 	}
 }
 

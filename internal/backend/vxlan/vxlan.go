@@ -66,6 +66,9 @@ type Backend struct {
 	want         []routes.Route
 	wanted       map[netip.Prefix]bool
 
+	// fast is the fast path's state (option FastPath).
+	fast fastPath
+
 	startOnce sync.Once
 }
 
@@ -264,6 +267,7 @@ func (b *Backend) Reconcile(ctx context.Context, peers []lease.Lease) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	b.reconcileFastPath(idx)
 	if st.changed() {
 		b.log.Info("reconciled", "peers", len(t.peers), "fdb_added", st.fdbAdded, "neigh_added", st.neighAdded,
 			"routes_added", st.routesAdded+st.routes.Added+st.routes.Replaced, "routes_removed", st.routesRemoved+st.routes.Removed,
