@@ -231,7 +231,11 @@ func newLabDownCmd() *cobra.Command {
 			}
 			var errs []error
 			for _, n := range names {
-				errs = append(errs, lab.Down(n))
+				if err := lab.Down(n); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "lab %s is down: no process, namespace or file of it is left\n", n)
 			}
 			return errors.Join(errs...)
 		},
