@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/backend/vxlan/peergen"
@@ -455,7 +454,7 @@ func BenchmarkVXLANControlPlane(b *testing.B) {
 		if err := l.StopAgent(ctx, 1, syscall.SIGTERM); err != nil {
 			b.Fatal(err)
 		}
-		h := nlHandleB(b, l, 1)
+		h := nlHandle(b, l, 1)
 		if link, err := h.LinkByName("flannel.1"); err == nil {
 			_ = h.LinkDel(link)
 		}
@@ -481,7 +480,7 @@ func BenchmarkVXLANControlPlane(b *testing.B) {
 // routes, n permanent neighbours and n permanent FDB entries on flannel.1.
 func waitProgrammed(b *testing.B, l *lab.Lab, n int) {
 	b.Helper()
-	h := nlHandleB(b, l, 1)
+	h := nlHandle(b, l, 1)
 	defer h.Close()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -543,25 +542,6 @@ func subnetOfB(b *testing.B, l *lab.Lab, i int) netip.Prefix {
 		b.Fatal(err)
 	}
 	return p
-}
-
-// nlHandleB is nlHandle for benchmarks.
-func nlHandleB(b *testing.B, l *lab.Lab, i int) *netlink.Handle {
-	b.Helper()
-	hs, err := l.Host(i)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ns, err := netns.GetFromName(hs.Netns)
-	if err != nil {
-		b.Fatalf("namespace %s: %v", hs.Netns, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		b.Fatalf("netlink in %s: %v", hs.Netns, err)
-	}
-	return h
 }
 
 // flanneld returns the flanneld binary for interop tests ($WEFT_FLANNELD or
